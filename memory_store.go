@@ -1,0 +1,132 @@
+package throttle
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// MemoryStore is a Store that lives in one process: it limits only the calls
+// made in this process, never across processes. Use it for tests, for a
+// single process, or for a limit that is per process by design.
+//
+// A MemoryStore is safe for concurrent use. It starts no goroutine. Keys
+// whose starts have all left their interval are removed as the store is
+// used, so its memory stays proportional to the keys in use.
+type MemoryStore struct {
+	mu      sync.Mutex
+	keys    map[string]*memKey
+	epoch   time.Time
+	now     func() int64 // nanoseconds on a monotonic clock; replaced in tests
+	sweepAt int          // sweep expired keys when len(keys) reaches this
+}
+
+// memKey holds the starts (admitted or booked) of one key, oldest first,
+// in times[head:]. Starts that left the window are dropped from the front.
+type memKey struct {
+	times   []int64
+	head    int
+	expires int64
+}
+
+// minSweep is the map size below which the store never sweeps.
+const minSweep = 64
+
+// NewMemoryStore returns an empty MemoryStore that uses the monotonic clock
+// of this process.
+func NewMemoryStore() *MemoryStore {
+	m := &MemoryStore{keys: make(map[string]*memKey), epoch: time.Now(), sweepAt: minSweep}
+	m.now = m.monotonic
+	return m
+}
+
+func (m *MemoryStore) monotonic() int64 { return int64(time.Since(m.epoch)) }
+
+func (m *MemoryStore) local() {}
+
+// Take implements Store. It never blocks and never fails.
+func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservation, error) {
+	interval := int64(req.Interval)
+	m.mu.Lock()
+	now := m.now()
+	k := m.keys[key]
+	if k == nil {
+		if len(m.keys) >= m.sweepAt {
+			m.sweep(now)
+		}
+		k = &memKey{}
+		m.keys[key] = k
+	}
+	// Forget starts that left the window (now-interval, now].
+	for k.head < len(k.times) && k.times[k.head] <= now-interval {
+		k.head++
+	}
+	n := len(k.times) - k.head
+	slot := now
+	if n > 0 {
+		if last := k.times[len(k.times)-1]; last > slot {
+			slot = last
+		}
+		if n >= req.Limit {
+			if s := k.times[len(k.times)-req.Limit] + interval; s > slot {
+				slot = s
+			}
+		}
+	}
+	delay := slot - now
+	if delay > 0 && delay > int64(req.MaxWait) {
+		m.mu.Unlock()
+		return Reservation{RetryAfter: time.Duration(delay)}, nil
+	}
+	if k.head > 0 && k.head >= len(k.times)/2 {
+		k.times = k.times[:copy(k.times, k.times[k.head:])]
+		k.head = 0
+	}
+	k.times = append(k.times, slot)
+	k.expires = slot + interval
+	res := Reservation{OK: true, Delay: time.Duration(delay), Slot: slot}
+	if delay == 0 {
+		res.Remaining = req.Limit - (n + 1)
+	}
+	m.mu.Unlock()
+	return res, nil
+}
+
+// Cancel implements Store. It never fails.
+func (m *MemoryStore) Cancel(_ context.Context, key string, _ Request, res Reservation) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := m.keys[key]
+	if k != nil && len(k.times) > k.head && k.times[len(k.times)-1] == res.Slot {
+		k.times = k.times[:len(k.times)-1]
+	}
+	return nil
+}
+
+// Reset forgets every start of key, so the next Take is admitted. It never
+// fails.
+func (m *MemoryStore) Reset(_ context.Context, key string) error {
+	m.mu.Lock()
+	delete(m.keys, key)
+	m.mu.Unlock()
+	return nil
+}
+
+// Len returns the number of keys the store holds, including keys that
+// expired but were not removed yet.
+func (m *MemoryStore) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.keys)
+}
+
+// sweep removes the expired keys and sets the size of the next sweep to
+// twice the live keys, so sweeping costs O(1) per new key. m.mu is held.
+func (m *MemoryStore) sweep(now int64) {
+	for key, k := range m.keys {
+		if k.expires <= now {
+			delete(m.keys, key)
+		}
+	}
+	m.sweepAt = max(2*len(m.keys), minSweep)
+}

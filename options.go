@@ -1,0 +1,148 @@
+package throttle
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// DefaultTimeout bounds each store decision when WithTimeout is not given.
+const DefaultTimeout = 250 * time.Millisecond
+
+// MaxLimit is the largest limit WithLimit accepts.
+const MaxLimit = 1 << 30
+
+// MaxInterval is the longest interval New accepts (about 10 years). Longer
+// intervals would overflow the stores' microsecond arithmetic.
+const MaxInterval = 10 * 365 * 24 * time.Hour
+
+// An Option configures a Throttle. Options are made only by the With
+// functions of this package; when one is given twice, the last one wins.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+type config struct {
+	store     Store
+	storeSet  bool
+	limit     int
+	wait      time.Duration
+	failOpen  bool
+	timeout   time.Duration
+	denyCache bool
+	observer  func(Event)
+}
+
+// defaultConfig returns the configuration that the options modify.
+func defaultConfig() config {
+	return config{
+		limit:     1,
+		timeout:   DefaultTimeout,
+		denyCache: true,
+	}
+}
+
+// WithStore makes the throttle keep its state in s, which decides for every
+// process that shares it (use NewRedisStore for a limit across processes).
+// A nil s is an error. Default: a MemoryStore private to the throttle, which
+// limits only the calls made through that one throttle in this process.
+func WithStore(s Store) Option {
+	return optionFunc(func(c *config) { c.store, c.storeSet = s, true })
+}
+
+// WithLimit allows n starts in any window of the interval (a sliding window,
+// exact: never more than n starts in any half-open window of that length).
+// n must be between 1 and MaxLimit. Default: 1.
+func WithLimit(n int) Option {
+	return optionFunc(func(c *config) { c.limit = n })
+}
+
+// WithWait makes a call that is not admitted at once wait for its turn, up
+// to max and never past its context, instead of being dropped. A waiting call
+// books the next free start in the store and sleeps until it, without
+// polling. A negative max is an error; 0 means do not wait. Default: 0 (drop).
+func WithWait(max time.Duration) Option {
+	return optionFunc(func(c *config) { c.wait = max })
+}
+
+// WithFailOpen makes the throttle admit calls when the store cannot decide
+// (unreachable, slower than the timeout, or failing). Without it the throttle
+// fails closed: such calls are not admitted, and fn does not run.
+// Default: fail closed.
+func WithFailOpen() Option {
+	return optionFunc(func(c *config) { c.failOpen = true })
+}
+
+// WithTimeout bounds each store decision to d, whatever the store's own
+// timeouts are. When d runs out the decision counts as a store failure (see
+// WithFailOpen). A negative d is an error; 0 means the default.
+// Default: DefaultTimeout (250 ms).
+func WithTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.timeout = d })
+}
+
+// WithDenyCache turns the local deny cache on or off. With it on, once the
+// store has denied a call with a retry-after r (or, with limit 1, admitted a
+// call), the throttle answers "throttled" for the rest of r without asking
+// the store. It never admits a call by itself. Turn it off when another
+// process may Reset the key and the next call must see that at once; with
+// it on, a Reset elsewhere is seen at most r later. Default: on.
+func WithDenyCache(on bool) Option {
+	return optionFunc(func(c *config) { c.denyCache = on })
+}
+
+// WithObserver calls fn after every decision, in the goroutine that asked
+// for it. fn must be fast and must not block; it must not call the
+// throttle. Default: none (no cost).
+func WithObserver(fn func(Event)) Option {
+	return optionFunc(func(c *config) { c.observer = fn })
+}
+
+// validate reports the first problem with key, interval and c, or nil.
+func validate(key string, interval time.Duration, c *config) error {
+	switch {
+	case key == "":
+		return errors.New("throttle: empty key")
+	case interval < time.Millisecond:
+		return fmt.Errorf("throttle: interval %v is below 1ms", interval)
+	case interval > MaxInterval:
+		return fmt.Errorf("throttle: interval %v is above %v", interval, MaxInterval)
+	case c.limit < 1:
+		return fmt.Errorf("throttle: limit %d is below 1", c.limit)
+	case c.limit > MaxLimit:
+		return fmt.Errorf("throttle: limit %d is above %d", c.limit, MaxLimit)
+	case c.storeSet && isNil(c.store):
+		return errors.New("throttle: nil store")
+	case c.wait < 0:
+		return fmt.Errorf("throttle: negative wait %v", c.wait)
+	case c.wait > MaxInterval:
+		return fmt.Errorf("throttle: wait %v is above %v", c.wait, MaxInterval)
+	case c.timeout < 0:
+		return fmt.Errorf("throttle: negative timeout %v", c.timeout)
+	}
+	if c.timeout == 0 {
+		c.timeout = DefaultTimeout
+	}
+	return nil
+}
+
+// isNil reports whether s is nil, including a typed nil pointer.
+func isNil(s Store) bool {
+	switch v := s.(type) {
+	case nil:
+		return true
+	case *RedisStore:
+		return v == nil
+	case *MemoryStore:
+		return v == nil
+	}
+	return false
+}
+
+// durationMax is the longest wait expressible to the stores.
+const durationMax = time.Duration(math.MaxInt64)

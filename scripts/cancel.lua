@@ -1,0 +1,7 @@
+-- cancel.lua: hand back the booked start ARGV[1] (microseconds) of the list
+-- KEYS[1] written by take.lua, if it is still the newest one.
+if redis.call('LINDEX', KEYS[1], -1) == ARGV[1] then
+  redis.call('RPOP', KEYS[1])
+  return 1
+end
+return 0

@@ -1,0 +1,77 @@
+package throttle
+
+import (
+	"context"
+	"time"
+)
+
+// A Store keeps the start times of one or more throttles and decides, for
+// every process that shares it, whether a start is admitted. RedisStore
+// (shared by every process using the same Redis) and MemoryStore (one
+// process) implement it; most users never call its methods directly.
+//
+// The contract, which every implementation must keep and which this
+// package's tests check on both stores:
+//
+//   - Take is atomic per key: whatever the number of concurrent callers and
+//     processes, the starts it admits (now or booked for later) never number
+//     more than req.Limit in any half-open window of length req.Interval,
+//     judged by the store's own clock.
+//   - Take admits at once (Delay 0) when that is allowed. Otherwise, when
+//     req.MaxWait > 0, it books the earliest start that keeps the limit, if
+//     that start is at most req.MaxWait away, and reports the delay until it.
+//     Otherwise it reports the denial with RetryAfter, the delay until the
+//     earliest start it could admit if nobody else took it.
+//   - A denied Take changes nothing.
+//   - Cancel hands back a booking (Reservation with Delay > 0) that its
+//     caller will not use, if it is still the latest booking for the key; it
+//     is a no-op otherwise.
+//   - Every key a store writes expires on its own once its starts are older
+//     than the interval, so an idle throttle leaves nothing behind.
+//
+// Callers sharing a key must use the same interval and limit.
+type Store interface {
+	// Take asks for one start of key under req. A denial is not an error.
+	Take(ctx context.Context, key string, req Request) (Reservation, error)
+	// Cancel hands back the booking res, made by Take with the same key
+	// and req, whose caller gave up before its start.
+	Cancel(ctx context.Context, key string, req Request, res Reservation) error
+}
+
+// Request is what a Take asks for.
+type Request struct {
+	// Interval is the length of the sliding window, at least 1 ms.
+	Interval time.Duration
+	// Limit is the number of starts allowed in any window, at least 1.
+	Limit int
+	// MaxWait is how far ahead Take may book a start; 0 means only now.
+	MaxWait time.Duration
+}
+
+// Reservation is a store's answer to Take.
+type Reservation struct {
+	// OK reports whether a start was admitted (now, or booked Delay ahead).
+	OK bool
+	// Delay is, when OK, how long after the decision the booked start is;
+	// 0 means start now.
+	Delay time.Duration
+	// RetryAfter is, when not OK, how long after the decision the store
+	// expects to admit the next start.
+	RetryAfter time.Duration
+	// Remaining is, when OK with Delay 0, how many more starts the store
+	// would admit at once after this one; 0 otherwise.
+	Remaining int
+	// Slot identifies the booking for Cancel. Its meaning is the store's.
+	Slot int64
+}
+
+// resetter is implemented by stores that can forget a key.
+type resetter interface {
+	Reset(ctx context.Context, key string) error
+}
+
+// localStore is implemented by stores that never block, whose decisions
+// therefore need no timeout.
+type localStore interface {
+	local()
+}
