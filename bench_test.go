@@ -1,0 +1,148 @@
+package throttle
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dthrottle/throttle/internal/redistest"
+)
+
+// Benchmarks of the library's own hot paths. The Redis ones compare an
+// allowed decision with the floor: a bare SET NX PX on the same client.
+// Run with: go test -run '^$' -bench . -benchmem -count 5
+
+func BenchmarkMemoryStore(b *testing.B) {
+	ctx := context.Background()
+	for _, bc := range []struct {
+		name string
+		req  Request
+	}{
+		// An interval of 1 ns has always passed: every Take is admitted.
+		{"allowed/limit1", Request{Interval: 1, Limit: 1}},
+		{"allowed/limit10", Request{Interval: 1, Limit: 10}},
+		{"denied/limit1", Request{Interval: time.Hour, Limit: 1}},
+		{"denied/limit10", Request{Interval: time.Hour, Limit: 10}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			m := NewMemoryStore()
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = m.Take(ctx, "key", bc.req)
+			}
+		})
+		b.Run(bc.name+"/parallel", func(b *testing.B) {
+			m := NewMemoryStore()
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					_, _ = m.Take(ctx, "key", bc.req)
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkDenyCache(b *testing.B) {
+	ctx := context.Background()
+	th, err := New("key", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, _ = th.Allow(ctx) // admitted; the key is now closed for an hour
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if d, _ := th.Allow(ctx); d.Allowed {
+				b.Fatal("admitted")
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				_, _ = th.Allow(ctx)
+			}
+		})
+	})
+}
+
+// BenchmarkRedis measures allowed decisions (a fresh key per call) and
+// denied ones against a redis-server it starts, next to the floor.
+func BenchmarkRedis(b *testing.B) {
+	srv := redistest.Start(b)
+	c := srv.Client(b)
+	ctx := context.Background()
+	s := NewRedisStore(c)
+	var seq atomic.Int64
+	key := func() string { return "bench:" + strconv.FormatInt(seq.Add(1), 36) }
+	cases := []struct {
+		name string
+		op   func() error
+	}{
+		{"floor/SETNX", func() error { return c.SetNX(ctx, key(), "1", time.Minute).Err() }},
+		{"allowed/limit1", func() error {
+			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 1})
+			return err
+		}},
+		{"allowed/limit10", func() error {
+			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 10})
+			return err
+		}},
+		{"denied/limit1/nocache", denied(b, c, 1)},
+		{"denied/limit10/nocache", denied(b, c, 10)},
+	}
+	for _, bc := range cases {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.op(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(bc.name+"/parallel64", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(max(1, 64/runtimeProcs()))
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := bc.op(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+	b.Cleanup(func() { c.FlushAll(context.Background()) }) // the server is the benchmark's own
+}
+
+// denied returns a decision on a key that is closed for an hour, through a
+// Throttle with the deny cache off, so every call asks Redis.
+func denied(b *testing.B, c redis.UniversalClient, limit int) func() error {
+	th, err := New("bench:denied:"+strconv.Itoa(limit), time.Hour, WithStore(NewRedisStore(c)),
+		WithLimit(limit), WithDenyCache(false))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range limit {
+		if _, err := th.Allow(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return func() error {
+		d, err := th.Allow(context.Background())
+		if err == nil && d.Allowed {
+			b.Fatal("admitted")
+		}
+		return err
+	}
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
