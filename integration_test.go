@@ -1,0 +1,61 @@
+package throttle
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle/internal/redistest"
+)
+
+// TestRedisOutageAndRecovery stops the server mid-run and starts it again:
+// calls stay bounded by the timeout while it is down, fail closed (or open
+// with WithFailOpen), and succeed again once it is back, with no action.
+func TestRedisOutageAndRecovery(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t, func(o *redis.Options) { o.DialTimeout = 50 * time.Millisecond })
+	const timeout = 100 * time.Millisecond
+	closed, err := New("outage", time.Millisecond, WithStore(NewRedisStore(c)), WithTimeout(timeout))
+	require.NoError(t, err)
+	open, err := New("outage-open", time.Millisecond, WithStore(NewRedisStore(c)), WithTimeout(timeout), WithFailOpen())
+	require.NoError(t, err)
+	ctx := context.Background()
+
+	d, err := closed.Allow(ctx)
+	require.NoError(t, err, "Allow with the server up")
+	require.True(t, d.Allowed)
+
+	srv.Stop()
+	for i := range 5 {
+		for _, th := range []*Throttle{closed, open} {
+			start := time.Now()
+			d, err := th.Allow(ctx)
+			elapsed := time.Since(start)
+			assert.ErrorIs(t, err, ErrStoreUnavailable, "Allow %d on %q with the server down", i, th.Key())
+			assert.Equal(t, th == open, d.Allowed, "Allow %d on %q with the server down: decision", i, th.Key())
+			assert.Less(t, elapsed, time.Second, "Allow %d on %q with a %v timeout took %v", i, th.Key(), timeout, elapsed)
+		}
+	}
+
+	srv.Restart(t)
+	// The pool's connections died with the server; go-redis replaces them
+	// by itself. Allow a few calls for that, then every call must succeed.
+	recovered := false
+	for range 20 {
+		time.Sleep(5 * time.Millisecond)
+		if _, err := closed.Allow(ctx); err == nil {
+			recovered = true
+			break
+		}
+	}
+	require.True(t, recovered, "Allow never succeeded after the server came back")
+	for i := range 5 {
+		time.Sleep(2 * time.Millisecond)
+		_, err := closed.Allow(ctx)
+		assert.NoError(t, err, "Allow %d after recovery", i)
+	}
+}
