@@ -72,8 +72,8 @@ func redisTTL(tb testing.TB, c redis.UniversalClient, s *RedisStore) func(string
 
 // harnesses returns every store the contract runs on: MemoryStore and
 // RedisStore on miniredis with fake clocks, and RedisStore on a real
-// redis-server (skipped, or failed with THROTTLE_REQUIRE_REDIS=1, when the
-// binary is missing).
+// redis-server and on a 3-master Redis Cluster (skipped, or failed with
+// THROTTLE_REQUIRE_REDIS=1, when the binaries are missing).
 func harnesses(t *testing.T) []harness {
 	mem, memAdvance := fakeMemory()
 	mr, mrAdvance := fakeMiniredis(t)
@@ -89,6 +89,9 @@ func harnesses(t *testing.T) []harness {
 		rc := srv.Client(t)
 		rs := NewRedisStore(rc, WithKeyPrefix("contract:"))
 		hs = append(hs, harness{name: "redis", store: rs, advance: sleep, ttl: redisTTL(t, rc, rs)})
+		cc := redistest.StartCluster(t, 3).Client(t)
+		cs := NewRedisStore(cc, WithKeyPrefix("contract:"))
+		hs = append(hs, harness{name: "cluster", store: cs, advance: sleep, ttl: redisTTL(t, cc, cs)})
 	} else {
 		t.Log("redis-server not found: the contract runs on MemoryStore and miniredis only")
 	}
