@@ -23,6 +23,8 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 	require.NoError(t, err)
 	open, err := New("outage-open", time.Millisecond, WithStore(NewRedisStore(c)), WithTimeout(timeout), WithFailOpen())
 	require.NoError(t, err)
+	fallback, err := New("outage-fallback", time.Hour, WithStore(NewRedisStore(c)), WithTimeout(timeout), WithFallback(1))
+	require.NoError(t, err)
 	ctx := context.Background()
 
 	d, err := closed.Allow(ctx)
@@ -39,6 +41,9 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 			assert.Equal(t, th == open, d.Allowed, "Allow %d on %q with the server down: decision", i, th.Key())
 			assert.Less(t, elapsed, time.Second, "Allow %d on %q with a %v timeout took %v", i, th.Key(), timeout, elapsed)
 		}
+		d, err := fallback.Allow(ctx)
+		assert.ErrorIs(t, err, ErrStoreUnavailable, "Allow %d under the fallback", i)
+		assert.Equal(t, i == 0, d.Allowed, "Allow %d under fallback limit 1 per hour", i)
 	}
 
 	srv.Restart(t)

@@ -33,6 +33,7 @@ type config struct {
 	limit     int
 	wait      time.Duration
 	failOpen  bool
+	fallback  int
 	timeout   time.Duration
 	denyCache bool
 	observer  func(Event)
@@ -76,6 +77,19 @@ func WithWait(max time.Duration) Option {
 // Default: fail closed.
 func WithFailOpen() Option {
 	return optionFunc(func(c *config) { c.failOpen = true })
+}
+
+// WithFallback makes the throttle fall back to a process-local limit while
+// the store cannot decide: each process then admits at most n starts per
+// interval on its own, so an outage of the store degrades the limit instead
+// of stopping every call (fail closed) or letting all through (WithFailOpen).
+// Set n to this process's share of the limit, such as the limit divided by
+// the number of processes (at least 1). A call the fallback does not admit
+// returns an error that matches both ErrThrottled and ErrStoreUnavailable.
+// WithFallback takes precedence over WithFailOpen. A negative n is an
+// error; 0 means no fallback. Default: 0.
+func WithFallback(n int) Option {
+	return optionFunc(func(c *config) { c.fallback = n })
 }
 
 // WithTimeout bounds each store decision to d, whatever the store's own
@@ -122,6 +136,10 @@ func validate(key string, interval time.Duration, c *config) error {
 		return fmt.Errorf("throttle: negative wait %v", c.wait)
 	case c.wait > MaxInterval:
 		return fmt.Errorf("throttle: wait %v is above %v", c.wait, MaxInterval)
+	case c.fallback < 0:
+		return fmt.Errorf("throttle: negative fallback limit %d", c.fallback)
+	case c.fallback > MaxLimit:
+		return fmt.Errorf("throttle: fallback limit %d is above %d", c.fallback, MaxLimit)
 	case c.timeout < 0:
 		return fmt.Errorf("throttle: negative timeout %v", c.timeout)
 	}

@@ -49,8 +49,9 @@ type Throttle struct {
 	key      string
 	interval time.Duration
 	cfg      config
-	local    bool      // the store never blocks: no timeout needed
-	epoch    time.Time // origin of the deny cache's monotonic clock
+	local    bool         // the store never blocks: no timeout needed
+	fallback *MemoryStore // decides while the store cannot (WithFallback)
+	epoch    time.Time    // origin of the deny cache's monotonic clock
 	// deniedUntil is the deny cache: until this time (ns since epoch, on
 	// the monotonic clock) the store is known to deny a start.
 	deniedUntil atomic.Int64
@@ -82,7 +83,11 @@ func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) 
 		cfg.store = NewMemoryStore()
 	}
 	_, local := cfg.store.(localStore)
-	return &Throttle{key: key, interval: interval, cfg: cfg, local: local, epoch: time.Now()}, nil
+	t := &Throttle{key: key, interval: interval, cfg: cfg, local: local, epoch: time.Now()}
+	if cfg.fallback > 0 {
+		t.fallback = NewMemoryStore()
+	}
+	return t, nil
 }
 
 // mustNew is New for Wrap and WrapErr: it panics with New's message.
@@ -111,10 +116,13 @@ func (t *Throttle) Limit() int { return t.cfg.limit }
 // if ctx ended first, or an error matching ErrStoreUnavailable when the store
 // failed or did not answer within the timeout. For a store failure the
 // Decision says what the policy chose: not allowed by default, allowed with
-// WithFailOpen.
+// WithFailOpen, and the process-local limit's decision with WithFallback.
 func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 	res, err := t.take(ctx, 0)
 	if err != nil {
+		if t.fallback != nil && isStoreError(err) {
+			return Decision{Allowed: res.OK, RetryAfter: res.RetryAfter, Remaining: res.Remaining}, err
+		}
 		return Decision{Allowed: t.cfg.failOpen && isStoreError(err)}, err
 	}
 	if !res.OK {
@@ -132,7 +140,8 @@ func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 // earliest free start is further away than it may wait, ctx's error when ctx
 // ends first (the booked start is then handed back when no later one was
 // booked after it), and an error matching ErrStoreUnavailable when the store
-// failed, unless WithFailOpen is set, in which case it returns nil.
+// failed. When the store failed, WithFailOpen makes it return nil, and
+// WithFallback makes it wait for a turn under the process-local limit.
 func (t *Throttle) Wait(ctx context.Context) error {
 	maxWait := t.cfg.wait
 	if maxWait == 0 {
@@ -166,15 +175,30 @@ func (t *Throttle) admit(ctx context.Context) error {
 	}
 	res, err := t.take(ctx, 0)
 	if err != nil {
-		if t.cfg.failOpen && isStoreError(err) {
-			return nil
-		}
-		return err
+		return t.degraded(res, err)
 	}
 	if !res.OK {
 		return &ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}
 	}
 	return nil
+}
+
+// degraded applies the store-failure policy to a failed decision: nil when
+// the call may run anyway (WithFailOpen, or admitted by the fallback).
+func (t *Throttle) degraded(res Reservation, err error) error {
+	if !isStoreError(err) {
+		return err
+	}
+	if t.fallback != nil {
+		if res.OK {
+			return nil
+		}
+		return errors.Join(&ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}, err)
+	}
+	if t.cfg.failOpen {
+		return nil
+	}
+	return err
 }
 
 // wait books a start at most maxWait (and ctx's deadline) away and sleeps
@@ -183,12 +207,13 @@ func (t *Throttle) wait(ctx context.Context, maxWait time.Duration) error {
 	if deadline, ok := ctx.Deadline(); ok {
 		maxWait = min(maxWait, max(time.Until(deadline), 0))
 	}
+	store := t.cfg.store
 	res, err := t.take(ctx, maxWait)
 	if err != nil {
-		if t.cfg.failOpen && isStoreError(err) {
-			return nil
+		if err := t.degraded(res, err); err != nil || t.fallback == nil {
+			return err
 		}
-		return err
+		store = t.fallback // the fallback booked the start
 	}
 	if !res.OK {
 		return &ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}
@@ -202,18 +227,18 @@ func (t *Throttle) wait(ctx context.Context, maxWait time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		timer.Stop()
-		t.cancel(ctx, res)
+		t.cancel(ctx, store, res)
 		return ctx.Err()
 	}
 }
 
-// cancel hands a booking back to the store, on a context that outlives ctx.
-func (t *Throttle) cancel(ctx context.Context, res Reservation) {
+// cancel hands a booking back to store, on a context that outlives ctx.
+func (t *Throttle) cancel(ctx context.Context, store Store, res Reservation) {
 	t.deniedUntil.Store(0)
 	cctx, stop := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.timeout)
 	defer stop()
 	// A failed hand-back leaves the start booked, which only costs capacity.
-	_ = t.cfg.store.Cancel(cctx, t.key, t.request(res.Delay), res)
+	_ = store.Cancel(cctx, t.key, t.request(res.Delay), res)
 }
 
 func (t *Throttle) request(maxWait time.Duration) Request {
@@ -252,12 +277,15 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 		cancel()
 	}
 	if err != nil {
+		res = Reservation{}
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		} else {
 			err = &StoreError{Key: t.key, Err: err}
+			if t.fallback != nil {
+				res, _ = t.fallback.Take(ctx, t.key, Request{Interval: t.interval, Limit: t.cfg.fallback, MaxWait: maxWait})
+			}
 		}
-		res = Reservation{}
 	} else if t.cfg.denyCache {
 		// The store decided at some time after begin, so the key stays
 		// closed at least until begin plus what it said.
@@ -277,7 +305,7 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 func (t *Throttle) observe(res Reservation, cached bool, err error, begin int64) {
 	e := Event{
 		Key:        t.key,
-		Allowed:    res.OK || (err != nil && t.cfg.failOpen && isStoreError(err)),
+		Allowed:    res.OK || (err != nil && t.fallback == nil && t.cfg.failOpen && isStoreError(err)),
 		Delay:      res.Delay,
 		RetryAfter: res.RetryAfter,
 		Cached:     cached,
@@ -319,7 +347,8 @@ func Wrap[T any](key string, interval time.Duration, fn func() T, opts ...Option
 // call, and returns fn's results. Otherwise it returns T's zero value and an
 // error: a *ThrottledError (matching ErrThrottled, with the retry-after), an
 // error matching ErrStoreUnavailable when the store failed (unless
-// WithFailOpen is set, which calls fn instead), or ctx's error. The throttle
+// WithFailOpen is set, which calls fn instead, or WithFallback, which
+// decides with a process-local limit), or ctx's error. The throttle
 // is made by New(key, interval, opts...); WrapErr panics with New's message
 // when that fails, and when fn is nil.
 //

@@ -440,3 +440,41 @@ func TestObserverSeesEveryDecision(t *testing.T) {
 	assert.ErrorIs(t, failed[0].Err, ErrStoreUnavailable)
 	assert.True(t, failed[0].Allowed, "fail-open decision")
 }
+
+func TestFallbackLimitsLocallyWhileTheStoreFails(t *testing.T) {
+	down := errors.New("connection refused")
+	th, err := New("k", time.Hour, WithStore(failingStore{down}), WithFallback(2), WithFailOpen())
+	require.NoError(t, err)
+	for i := range 3 {
+		d, err := th.Allow(context.Background())
+		assert.ErrorIs(t, err, ErrStoreUnavailable, "Allow %d with the store down", i)
+		assert.Equal(t, i < 2, d.Allowed, "Allow %d with fallback limit 2 (fail-open is overridden)", i)
+	}
+
+	var calls atomic.Int32
+	f := WrapErr("k", time.Hour, func(context.Context) (int, error) { calls.Add(1); return 1, nil },
+		WithStore(failingStore{down}), WithFallback(1))
+	v, err := f(context.Background())
+	assert.NoError(t, err, "first call under the fallback")
+	assert.Equal(t, 1, v)
+	_, err = f(context.Background())
+	assert.ErrorIs(t, err, ErrThrottled, "second call under fallback limit 1")
+	assert.ErrorIs(t, err, ErrStoreUnavailable, "second call under fallback limit 1")
+	assert.ErrorIs(t, err, down, "second call keeps the store's cause")
+	var te *ThrottledError
+	require.ErrorAs(t, err, &te)
+	assert.Positive(t, te.RetryAfter)
+	assert.EqualValues(t, 1, calls.Load(), "fn calls")
+
+	// Waiting under the fallback books local starts.
+	w, err := New("w", 20*time.Millisecond, WithStore(failingStore{down}), WithFallback(1), WithWait(time.Second))
+	require.NoError(t, err)
+	start := time.Now()
+	for i := range 3 {
+		assert.NoError(t, w.admit(context.Background()), "waiting call %d under the fallback", i)
+	}
+	assert.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "3 starts 20ms apart")
+
+	_, err = New("k", time.Hour, WithFallback(-1))
+	assert.EqualError(t, err, "throttle: negative fallback limit -1")
+}

@@ -38,14 +38,24 @@ out=$(realpath "$out")
 cd "$(dirname "$0")"
 
 command -v redis-server >/dev/null || { echo "run.sh: redis-server is not on PATH" >&2; exit 1; }
-cmd="go test -run '^\$' -bench '$bench' -benchmem -count $count -benchtime $benchtime -timeout 0 ."
+# The test binary is built once and run -count times with -test.count 1, so
+# that the runs of ours, the floor and the peers interleave in time and a
+# slow spell of a shared machine does not fall on one library only.
+bin=$(mktemp "${TMPDIR:-/tmp}/dthrottle-bench-bin.XXXXXX")
+go test -c -o "$bin" .
+cmd="for i in 1..$count: benchmarks.test -test.run '^\$' -test.bench '$bench' -test.benchmem -test.count 1 -test.benchtime $benchtime -test.timeout 0"
 {
 	echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) in benchmarks/: $cmd"
 	echo "# machine: $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//'), $(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
 	echo "# $(go version); $(redis-server --version)"
 } >"$out"
 echo "Writing $out" >&2
-eval "$cmd" | tee -a "$out" >&2
+for i in $(seq 1 "$count"); do
+	echo "run.sh: run $i of $count" >&2
+	"$bin" -test.run '^$' -test.bench "$bench" -test.benchmem -test.count 1 \
+		-test.benchtime "$benchtime" -test.timeout 0 | tee -a "$out" >&2
+done
+rm -f "$bin"
 
 echo
 grep '^# ' "$out"

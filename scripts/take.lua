@@ -15,29 +15,41 @@ local maxwait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
--- Forget the starts that left the window (now - interval, now].
+-- Forget the starts that left the window (now - interval, now]; first is
+-- the oldest start still in it.
 local cutoff = now - interval
-while true do
-  local head = redis.call('LINDEX', key, 0)
-  if not head or tonumber(head) > cutoff then
+local first
+local head = redis.call('LINDEX', key, '0')
+while head do
+  first = tonumber(head)
+  if first > cutoff then
     break
   end
+  first = nil
   redis.call('LPOP', key)
+  head = redis.call('LINDEX', key, '0')
 end
 
 -- The earliest start that keeps every window at N or fewer: not before the
 -- newest start, and at least one interval after the N-th newest.
-local n = redis.call('LLEN', key)
+local n = 0
 local slot = now
-if n > 0 then
-  local last = tonumber(redis.call('LINDEX', key, -1))
+if first then
+  n = redis.call('LLEN', key)
+  local last = first
+  if n > 1 then
+    last = tonumber(redis.call('LINDEX', key, '-1'))
+  end
   if last > slot then
     slot = last
   end
   if n >= limit then
-    local nth = tonumber(redis.call('LINDEX', key, n - limit)) + interval
-    if nth > slot then
-      slot = nth
+    local nth = first
+    if n > limit then
+      nth = tonumber(redis.call('LINDEX', key, string.format('%d', n - limit)))
+    end
+    if nth + interval > slot then
+      slot = nth + interval
     end
   end
 end
