@@ -77,9 +77,11 @@ func BenchmarkDenyCache(b *testing.B) {
 // denied ones against a redis-server it starts, next to the floor.
 func BenchmarkRedis(b *testing.B) {
 	srv := redistest.Start(b)
-	c := srv.Client(b)
+	c := srv.Client(b) // with ContextTimeoutEnabled
+	plain := srv.Client(b, func(o *redis.Options) { o.ContextTimeoutEnabled = false })
 	ctx := context.Background()
 	s := NewRedisStore(c)
+	sPlain := NewRedisStore(plain)
 	var seq atomic.Int64
 	key := func() string { return "bench:" + strconv.FormatInt(seq.Add(1), 36) }
 	cases := []struct {
@@ -89,6 +91,12 @@ func BenchmarkRedis(b *testing.B) {
 		{"floor/SETNX", func() error { return c.SetNX(ctx, key(), "1", time.Minute).Err() }},
 		{"allowed/limit1", func() error {
 			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 1})
+			return err
+		}},
+		// A client without ContextTimeoutEnabled: each decision runs in a
+		// goroutine that the caller can leave at the timeout.
+		{"allowed/limit1/noctxtimeout", func() error {
+			_, err := sPlain.Take(ctx, key(), Request{Interval: time.Minute, Limit: 1})
 			return err
 		}},
 		{"allowed/limit10", func() error {
