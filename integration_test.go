@@ -2,6 +2,9 @@ package throttle
 
 import (
 	"context"
+	"fmt"
+	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,5 +65,55 @@ func TestRedisOutageAndRecovery(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		_, err := closed.Allow(ctx)
 		assert.NoError(t, err, "Allow %d after recovery", i)
+	}
+}
+
+// TestWaitSchedule has many goroutines wait for one key on a real Redis:
+// each admitted call costs one store operation (no polling), and the starts
+// follow the booked schedule. The spacing figures are logged, not asserted:
+// the machine may be busy.
+func TestWaitSchedule(t *testing.T) {
+	srv := redistest.Start(t)
+	const (
+		waiters  = 8
+		each     = 6
+		interval = 20 * time.Millisecond
+	)
+	for _, limit := range []int{1, 2} {
+		s := &countingStore{Store: NewRedisStore(srv.Client(t))}
+		th, err := New(fmt.Sprint("wait-schedule-", limit), interval, WithStore(s), WithLimit(limit), WithWait(10*time.Second))
+		require.NoError(t, err)
+		var mu sync.Mutex
+		var starts []time.Time
+		var wg sync.WaitGroup
+		for range waiters {
+			wg.Go(func() {
+				for range each {
+					if err := th.Wait(context.Background()); err != nil {
+						t.Error(err)
+						return
+					}
+					now := time.Now()
+					mu.Lock()
+					starts = append(starts, now)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		n := waiters * each
+		require.Len(t, starts, n)
+		sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+		// Starts come in groups of limit, one interval apart.
+		var devs []time.Duration
+		for i := limit; i < n; i += limit {
+			gap := starts[i].Sub(starts[i-limit])
+			devs = append(devs, (gap - interval).Abs())
+		}
+		sort.Slice(devs, func(i, j int) bool { return devs[i] < devs[j] })
+		t.Logf("limit %d: %d waiting calls, %d store operations (%.2f per call); |gap-interval| median %v, p90 %v, max %v",
+			limit, n, s.takes.Load(), float64(s.takes.Load())/float64(n),
+			devs[len(devs)/2], devs[len(devs)*9/10], devs[len(devs)-1])
+		assert.LessOrEqual(t, int(s.takes.Load()), n, "store operations for %d waiting calls", n)
 	}
 }
