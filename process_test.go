@@ -1,13 +1,16 @@
 package throttle
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,8 +40,15 @@ func TestMain(m *testing.M) {
 
 // workerSpec is what one worker process is told through its environment.
 type workerSpec struct {
-	Addr     string        `json:"addr"`
-	Key      string        `json:"key"`
+	Addr string `json:"addr"`
+	// Cluster, when not empty, holds the addresses of Redis Cluster nodes
+	// to use instead of Addr.
+	Cluster []string `json:"cluster,omitempty"`
+	Key     string   `json:"key"`
+	// Keys, when not empty, replaces Key: the worker calls one throttle per
+	// key, each from its own goroutine, and tags each event with the
+	// index of its key.
+	Keys     []string      `json:"keys,omitempty"`
 	Interval time.Duration `json:"interval"`
 	Limit    int           `json:"limit"`
 	Wait     time.Duration `json:"wait"`
@@ -46,23 +56,58 @@ type workerSpec struct {
 	ID       int           `json:"id"`
 }
 
-// runWorker calls one throttle as fast as it is allowed to until the
-// duration ends, and prints one simevent line per admitted call, with the
-// time the call began asking the store and the time it was told to start.
+// workerEvent is one event line of a worker: a simevent line plus the index
+// of its key in workerSpec.Keys.
+type workerEvent struct {
+	simevent.Event
+	KeyIndex int `json:"key_index"`
+}
+
+// runWorker calls one throttle per key as fast as it is allowed to until the
+// duration ends, and prints one event line per admitted call, with the time
+// the call began asking the store and the time it was told to start.
 func runWorker() error {
 	var spec workerSpec
 	if err := json.Unmarshal([]byte(os.Getenv(workerEnv)), &spec); err != nil {
 		return err
 	}
-	c := redis.NewClient(&redis.Options{Addr: spec.Addr, ContextTimeoutEnabled: true})
+	var c redis.UniversalClient
+	if len(spec.Cluster) > 0 {
+		c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: spec.Cluster, ContextTimeoutEnabled: true})
+	} else {
+		c = redis.NewClient(&redis.Options{Addr: spec.Addr, ContextTimeoutEnabled: true})
+	}
 	defer c.Close()
-	th, err := New(spec.Key, spec.Interval, WithStore(NewRedisStore(c)), WithLimit(spec.Limit),
+	keys := spec.Keys
+	if len(keys) == 0 {
+		keys = []string{spec.Key}
+	}
+	var mu sync.Mutex
+	enc := json.NewEncoder(os.Stdout)
+	emit := func(e workerEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(e)
+	}
+	errc := make(chan error, len(keys))
+	for i, key := range keys {
+		go func() { errc <- runWorkerKey(c, spec, key, i, emit) }()
+	}
+	var errs []error
+	for range keys {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
+}
+
+// runWorkerKey is runWorker's loop for one key.
+func runWorkerKey(c redis.UniversalClient, spec workerSpec, key string, index int, emit func(workerEvent)) error {
+	th, err := New(key, spec.Interval, WithStore(NewRedisStore(c)), WithLimit(spec.Limit),
 		WithWait(spec.Wait), WithTimeout(time.Second))
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	enc := json.NewEncoder(os.Stdout)
 	pid := os.Getpid()
 	end := time.Now().Add(spec.Duration)
 	for time.Now().Before(end) {
@@ -81,11 +126,11 @@ func runWorker() error {
 		}
 		started := time.Now()
 		if err != nil {
-			_ = enc.Encode(simevent.Event{TUnixNs: started.UnixNano(), Worker: spec.ID, PID: pid, Event: simevent.Error, Err: err.Error()})
+			emit(workerEvent{simevent.Event{TUnixNs: started.UnixNano(), Worker: spec.ID, PID: pid, Event: simevent.Error, Err: err.Error()}, index})
 			continue
 		}
 		if ok {
-			_ = enc.Encode(simevent.Event{TUnixNs: started.UnixNano(), AskedUnixNs: asked.UnixNano(), Worker: spec.ID, PID: pid, Event: simevent.Start})
+			emit(workerEvent{simevent.Event{TUnixNs: started.UnixNano(), AskedUnixNs: asked.UnixNano(), Worker: spec.ID, PID: pid, Event: simevent.Start}, index})
 		} else {
 			// Throttled: try again soon, at a random offset so that the
 			// workers do not call in lockstep.
@@ -103,6 +148,17 @@ func errorsIsThrottled(err error) bool {
 // runWorkers starts n worker processes on spec and returns their events.
 func runWorkers(t *testing.T, n int, spec workerSpec) []simevent.Event {
 	t.Helper()
+	var evs []simevent.Event
+	for _, e := range runKeyedWorkers(t, n, spec) {
+		evs = append(evs, e.Event)
+	}
+	return evs
+}
+
+// runKeyedWorkers starts n worker processes on spec and returns their
+// events, each tagged with the index of its key in spec.Keys.
+func runKeyedWorkers(t *testing.T, n int, spec workerSpec) []workerEvent {
+	t.Helper()
 	type proc struct {
 		cmd *exec.Cmd
 		out bytes.Buffer
@@ -119,14 +175,43 @@ func runWorkers(t *testing.T, n int, spec workerSpec) []simevent.Event {
 		require.NoError(t, p.cmd.Start(), "starting worker %d", i)
 		procs[i] = p
 	}
-	var evs []simevent.Event
+	var evs []workerEvent
 	for i, p := range procs {
 		require.NoError(t, p.cmd.Wait(), "worker %d: %s", i, p.err.String())
-		e, err := simevent.Read(&p.out)
-		require.NoError(t, err, "worker %d output", i)
-		evs = append(evs, e...)
+		sc := bufio.NewScanner(&p.out)
+		sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+		for sc.Scan() {
+			var e workerEvent
+			require.NoError(t, json.Unmarshal(sc.Bytes(), &e), "worker %d output line %q", i, sc.Text())
+			evs = append(evs, e)
+		}
+		require.NoError(t, sc.Err(), "worker %d output", i)
 	}
 	return evs
+}
+
+// checkWorkerEvents asserts that events of one key hold limit starts per
+// interval over duration, and logs the numbers.
+func checkWorkerEvents(t *testing.T, evs []simevent.Event, workers int, interval time.Duration, limit int, duration time.Duration) {
+	t.Helper()
+	for _, e := range evs {
+		assert.NotEqual(t, simevent.Error, e.Event, "worker %d store error: %s", e.Worker, e.Err)
+	}
+	as := simevent.Admissions(evs)
+	r := simevent.Check(as, interval, limit, duration)
+	perWorker := map[int]int{}
+	for _, e := range evs {
+		if e.Event == simevent.Start {
+			perWorker[e.Worker]++
+		}
+	}
+	t.Logf("%d workers, %v: %d starts (per worker %v), ideal %.0f, admitted/ideal %.2f, raw min gap %v, raw max in window %d, provable violations %d",
+		workers, duration, r.Starts, perWorker, r.Ideal, r.AdmittedRatio(), r.MinGap, r.MaxInWindow, r.Violations)
+	assert.Zero(t, r.Violations, "provable violations of %d per %v", limit, interval)
+	// Liveness: demand is continuous, so most of the allowed starts must
+	// be taken; the bound is loose because the machine may be busy.
+	assert.GreaterOrEqual(t, r.AdmittedRatio(), 0.6, "admitted/ideal")
+	assert.Greater(t, len(perWorker), 1, "more than one worker was admitted")
 }
 
 func TestCrossProcess(t *testing.T) {
@@ -164,28 +249,64 @@ func TestCrossProcess(t *testing.T) {
 				spec := workerSpec{Addr: srv.addr, Key: "xproc:" + t.Name(), Interval: c.interval,
 					Limit: c.limit, Wait: c.wait, Duration: duration}
 				evs := runWorkers(t, workers, spec)
-				for _, e := range evs {
-					assert.NotEqual(t, simevent.Error, e.Event, "worker %d store error: %s", e.Worker, e.Err)
-				}
-				as := simevent.Admissions(evs)
-				r := simevent.Check(as, c.interval, c.limit, duration)
-				perWorker := map[int]int{}
-				for _, e := range evs {
-					if e.Event == simevent.Start {
-						perWorker[e.Worker]++
-					}
-				}
-				t.Logf("%d workers, %v: %d starts (per worker %v), ideal %.0f, admitted/ideal %.2f, raw min gap %v, raw max in window %d, provable violations %d",
-					workers, duration, r.Starts, perWorker, r.Ideal, r.AdmittedRatio(), r.MinGap, r.MaxInWindow, r.Violations)
-				assert.Zero(t, r.Violations, "provable violations of %d per %v", c.limit, c.interval)
-				// Liveness: demand is continuous, so most of the allowed
-				// starts must be taken; the bound is loose because the
-				// machine may be busy.
-				assert.GreaterOrEqual(t, r.AdmittedRatio(), 0.6, "admitted/ideal")
-				assert.Greater(t, len(perWorker), 1, "more than one worker was admitted")
+				checkWorkerEvents(t, evs, workers, c.interval, c.limit, duration)
 			})
 		}
 	}
+	if !redistest.Available() && !requireRedis() {
+		return
+	}
+	// A 3-master Redis Cluster: every worker process calls keys that live in
+	// different slots on different masters, one goroutine per key, through
+	// a cluster client. Each key must hold its limit on its own.
+	t.Run("cluster", func(t *testing.T) {
+		cl := redistest.StartCluster(t, 3) // skips without redis-cli
+		keys := clusterKeys(t, cl, "xproc:cluster:", 2*len(cl.Nodes))
+		for _, c := range []int{0, 3} { // limit 1 by SET NX, limit 2 by script with waiting
+			c := cases[c]
+			t.Run(c.name+"/"+fmt.Sprint(len(keys))+" keys", func(t *testing.T) {
+				spec := workerSpec{Cluster: cl.Addrs, Keys: keys, Interval: c.interval,
+					Limit: c.limit, Wait: c.wait, Duration: duration}
+				byKey := map[int][]simevent.Event{}
+				for _, e := range runKeyedWorkers(t, workers, spec) {
+					byKey[e.KeyIndex] = append(byKey[e.KeyIndex], e.Event)
+				}
+				for i, key := range keys {
+					t.Run(key, func(t *testing.T) {
+						checkWorkerEvents(t, byKey[i], workers, c.interval, c.limit, duration)
+					})
+				}
+			})
+		}
+	})
+}
+
+// clusterKeys returns n throttle keys starting with prefix, in n different
+// hash slots (of their Redis keys, under DefaultKeyPrefix), spread so that
+// every master of cl serves at least one of them.
+func clusterKeys(t *testing.T, cl *redistest.Cluster, prefix string, n int) []string {
+	t.Helper()
+	require.GreaterOrEqual(t, n, len(cl.Nodes))
+	slots := map[int]bool{}
+	owners := map[string]int{} // master addr -> keys chosen on it
+	var keys []string
+	for i := 0; len(keys) < n && i < 10000; i++ {
+		key := fmt.Sprintf("%s%d", prefix, i)
+		slot, err := cl.KeySlot(DefaultKeyPrefix + key)
+		require.NoError(t, err)
+		owner, err := cl.SlotOwner(slot)
+		require.NoError(t, err)
+		// Take a key only from a master that has fewer than its share.
+		if slots[slot] || owners[owner.Addr] >= (n+len(cl.Nodes)-1)/len(cl.Nodes) {
+			continue
+		}
+		slots[slot] = true
+		owners[owner.Addr]++
+		keys = append(keys, key)
+	}
+	require.Len(t, keys, n, "keys in distinct slots")
+	require.Len(t, owners, len(cl.Nodes), "masters serving the keys")
+	return keys
 }
 
 // TestCrossProcessCheckCatchesOverAdmission feeds the check the starts of

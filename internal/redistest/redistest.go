@@ -3,14 +3,21 @@
 // Every server listens on a free port of 127.0.0.1 only (never on 6379, which
 // may belong to a Redis that is not ours), runs without persistence in a
 // temporary directory of the test, and is stopped by its process id when the
-// test ends. Tests that need Redis call Start or StartCluster; when
-// redis-server is not installed they are skipped, or fail if the environment
-// variable THROTTLE_REQUIRE_REDIS is set to 1.
+// test ends. Tests that need Redis call Start (one server), StartTLS (one
+// server that accepts only TLS), StartCluster (a Redis Cluster of masters)
+// or StartSentinel (a primary, a replica and Sentinels); when redis-server
+// is not installed they are skipped, or fail if the environment variable
+// THROTTLE_REQUIRE_REDIS is set to 1.
+//
+// Faults: Server.Stop and Server.Kill (SIGKILL, as a crash) stop a server
+// and Server.Restart starts it again on the same port; Cluster.MigrateSlot
+// moves a hash slot to another master while clients use it.
 package redistest
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -105,6 +112,15 @@ type Server struct {
 	cluster bool
 	extra   []string
 	dir     string
+	// conf is a configuration file given first on the command line
+	// (Sentinels keep their state in it); sentinel adds --sentinel.
+	conf     string
+	sentinel bool
+	// tls, when not nil, makes the server listen with TLS only (on Port,
+	// with no plain-text port); it is the client configuration that trusts
+	// the server's certificate, and tlsArgs are the certificate options.
+	tls     *tls.Config
+	tlsArgs []string
 
 	mu   sync.Mutex
 	proc *process // nil when stopped
@@ -138,27 +154,36 @@ func start(tb testing.TB, cluster bool, extraArgs []string) *Server {
 		extra:   append([]string(nil), extraArgs...),
 		dir:     tb.TempDir(),
 	}
+	if err := s.startFresh(tb); err != nil {
+		tb.Fatalf("redistest: could not start redis-server: %v", err)
+	}
+	return s
+}
+
+// startFresh starts s for the first time on a free port, trying other
+// ports when the one picked is taken, and registers its Stop as a cleanup.
+func (s *Server) startFresh(tb testing.TB) error {
+	tb.Helper()
 	// Registered after TempDir, so it runs before the directory is removed.
 	tb.Cleanup(s.Stop)
 
 	var lastErr error
 	for range startAttempts {
-		port, err := pickPort(cluster)
+		port, err := pickPort(s.cluster)
 		if err != nil {
-			tb.Fatalf("redistest: %v", err)
+			return err
 		}
 		s.Port = port
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		lastErr = s.launch()
 		if lastErr == nil {
-			return s
+			return nil
 		}
 		if !errors.Is(lastErr, errPortInUse) {
 			break
 		}
 	}
-	tb.Fatalf("redistest: could not start redis-server: %v", lastErr)
-	return nil
+	return lastErr
 }
 
 // Stop stops the server: it sends SIGTERM to the process, sends SIGKILL if
@@ -172,6 +197,21 @@ func (s *Server) Stop() {
 		return
 	}
 	s.proc.stop()
+	s.proc = nil
+}
+
+// Kill stops the server at once with SIGKILL, as a crash would: no reply is
+// finished, no buffer is flushed, and replicas hear nothing more. It waits
+// until the process has exited and been reaped. Like Stop, it is idempotent
+// and safe to call from any goroutine; Restart starts the server again.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	_ = s.proc.cmd.Process.Kill()
+	<-s.proc.done
 	s.proc = nil
 }
 
@@ -208,13 +248,27 @@ func (s *Server) Restart(tb testing.TB) {
 // created.
 func (s *Server) Client(tb testing.TB, opts ...func(*redis.Options)) *redis.Client {
 	tb.Helper()
-	o := &redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true}
+	o := &redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true, TLSConfig: s.TLSConfig()}
 	for _, f := range opts {
 		f(o)
 	}
 	c := redis.NewClient(o)
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// Do sends one command to the server on a new connection (over TLS for a
+// server started by StartTLS), without go-redis, and returns its reply: a
+// string for a simple, integer or bulk string, nil, or a []any for an array.
+// An error reply is returned as an error. It is meant for administration in
+// tests (ACL, CLUSTER, SENTINEL, INFO) and gives up after 5 seconds.
+func (s *Server) Do(args ...string) (any, error) {
+	c, err := dialRESP(s.Addr, 5*time.Second, s.tls)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.doAny(args...)
 }
 
 // launch starts redis-server on s.Port and waits until it is ready. On
@@ -231,7 +285,7 @@ func (s *Server) launch() error {
 	}
 	s.proc = p
 	s.PID = p.cmd.Process.Pid
-	if err := p.waitReady(s.Addr, s.PID); err != nil {
+	if err := p.waitReady(s.Addr, s.PID, s.tls); err != nil {
 		p.stop()
 		s.proc = nil
 		tail := p.logTail()
@@ -244,15 +298,27 @@ func (s *Server) launch() error {
 }
 
 func (s *Server) args() []string {
-	args := []string{
-		"--port", strconv.Itoa(s.Port),
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	if s.sentinel {
+		args = append(args, "--sentinel")
+	}
+	if s.tls != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.Port))
+		args = append(args, s.tlsArgs...)
+	} else {
+		args = append(args, "--port", strconv.Itoa(s.Port))
+	}
+	args = append(args,
 		"--bind", "127.0.0.1",
 		"--protected-mode", "no",
 		"--daemonize", "no",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", s.dir,
-	}
+	)
 	if s.cluster {
 		args = append(args,
 			"--cluster-enabled", "yes",
@@ -307,14 +373,21 @@ func (s *Server) spawnLocked() (*process, error) {
 // never end that way, so redis-server only dies with the test process.
 var spawner = sync.OnceValue(func() chan func() {
 	ch := make(chan func())
-	go func() {
-		runtime.LockOSThread() // never unlocked on purpose
-		for f := range ch {
-			f()
-		}
-	}()
+	go spawnLoop(ch)
 	return ch
 })
+
+// PermanentGoroutine is the function at the top of the one goroutine this
+// package keeps for the life of the test binary (it starts every
+// redis-server, see spawner); goroutine leak checks should ignore it.
+const PermanentGoroutine = "github.com/dthrottle/throttle/internal/redistest.spawnLoop"
+
+func spawnLoop(ch chan func()) {
+	runtime.LockOSThread() // never unlocked on purpose
+	for f := range ch {
+		f()
+	}
+}
 
 func spawn(cmd *exec.Cmd) error {
 	errc := make(chan error, 1)
@@ -325,7 +398,7 @@ func spawn(cmd *exec.Cmd) error {
 // waitReady polls until the server at addr answers PING and reports pid as
 // its process id, so that a foreign server on the same port is never
 // mistaken for ours.
-func (p *process) waitReady(addr string, pid int) error {
+func (p *process) waitReady(addr string, pid int, tlsConfig *tls.Config) error {
 	deadline := time.Now().Add(readyTimeout)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -334,7 +407,7 @@ func (p *process) waitReady(addr string, pid int) error {
 			return fmt.Errorf("redis-server exited before it was ready (%v)", p.waitErr)
 		default:
 		}
-		if lastErr = probe(addr, pid); lastErr == nil {
+		if lastErr = probe(addr, pid, tlsConfig); lastErr == nil {
 			return nil
 		}
 		select {
@@ -345,8 +418,8 @@ func (p *process) waitReady(addr string, pid int) error {
 	return fmt.Errorf("redis-server on %s did not answer PING within %v: %v", addr, readyTimeout, lastErr)
 }
 
-func probe(addr string, pid int) error {
-	c, err := dialRESP(addr, time.Second)
+func probe(addr string, pid int, tlsConfig *tls.Config) error {
+	c, err := dialRESP(addr, time.Second, tlsConfig)
 	if err != nil {
 		return err
 	}
@@ -539,7 +612,7 @@ func (c *Cluster) Client(tb testing.TB, opts ...func(*redis.ClusterOptions)) *re
 // checkReady reports why the cluster is not usable yet, or nil.
 func (c *Cluster) checkReady(n int) error {
 	for _, s := range c.Nodes {
-		conn, err := dialRESP(s.Addr, time.Second)
+		conn, err := dialRESP(s.Addr, time.Second, nil)
 		if err != nil {
 			return err
 		}

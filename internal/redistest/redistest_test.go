@@ -92,3 +92,35 @@ func TestCluster(t *testing.T) {
 		require.Equal(t, addr, got)
 	}
 }
+
+func TestServerKill(t *testing.T) {
+	s := redistest.Start(t)
+	oldPID := s.PID
+	s.Kill()
+	s.Kill() // idempotent
+	p, err := os.FindProcess(oldPID)
+	if err == nil {
+		err = p.Signal(syscall.Signal(0))
+	}
+	require.Error(t, err, "redis-server pid %d still exists after Kill", oldPID)
+	_, err = s.Do("PING")
+	require.Error(t, err, "PING after Kill")
+
+	s.Restart(t)
+	got, err := s.Do("PING")
+	require.NoError(t, err, "PING after Restart")
+	require.Equal(t, "PONG", got)
+}
+
+func TestStartTLS(t *testing.T) {
+	s := redistest.StartTLS(t)
+	require.Equal(t, "rediss://"+s.Addr, s.URL())
+	got, err := s.Do("PING") // Do speaks TLS to this server
+	require.NoError(t, err)
+	require.Equal(t, "PONG", got)
+	require.NoError(t, s.Client(t).Ping(t.Context()).Err(), "PING through Client, which sets TLSConfig")
+
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
+	t.Cleanup(func() { _ = plain.Close() })
+	require.Error(t, plain.Ping(t.Context()).Err(), "a plain-text PING to a TLS-only server")
+}
