@@ -103,11 +103,12 @@ func (m *MemoryStore) Cancel(_ context.Context, key string, _ Request, res Reser
 	return nil
 }
 
-// Reset forgets every start of key, so the next Take is admitted. It never
-// fails.
+// Reset forgets every start of key, and any hold set by Block, so the next
+// Take is admitted. It never fails.
 func (m *MemoryStore) Reset(_ context.Context, key string) error {
 	m.mu.Lock()
 	delete(m.keys, key)
+	delete(m.keys, key+blockSuffix)
 	m.mu.Unlock()
 	return nil
 }

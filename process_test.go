@@ -261,9 +261,11 @@ func TestCrossProcess(t *testing.T) {
 	// a cluster client. Each key must hold its limit on its own.
 	t.Run("cluster", func(t *testing.T) {
 		cl := redistest.StartCluster(t, 3) // skips without redis-cli
-		keys := clusterKeys(t, cl, "xproc:cluster:", 2*len(cl.Nodes))
-		for _, c := range []int{0, 3} { // limit 1 by SET NX, limit 2 by script with waiting
-			c := cases[c]
+		for _, ci := range []int{0, 3} {   // limit 1 by SET NX, limit 2 by script with waiting
+			c := cases[ci]
+			// Keys of their own per case: a key written with limit 1 may
+			// still live when the next case uses limit 2.
+			keys := clusterKeys(t, cl, fmt.Sprintf("xproc:cluster:%d:", ci), 2*len(cl.Nodes))
 			t.Run(c.name+"/"+fmt.Sprint(len(keys))+" keys", func(t *testing.T) {
 				spec := workerSpec{Cluster: cl.Addrs, Keys: keys, Interval: c.interval,
 					Limit: c.limit, Wait: c.wait, Duration: duration}

@@ -127,13 +127,21 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 	return err
 }
 
-// Reset deletes the Redis key of key, so the next Take is admitted.
+// Reset deletes the Redis key of key, and the record of a hold set by
+// Block, so the next Take is admitted.
 func (s *RedisStore) Reset(ctx context.Context, key string) error {
-	if s.bounded {
+	reset := func(ctx context.Context) error {
+		// Two commands: on Redis Cluster the keys may live in two slots.
+		if err := s.client.Del(ctx, s.Key(key)+blockSuffix).Err(); err != nil {
+			return err
+		}
 		return s.client.Del(ctx, s.Key(key)).Err()
 	}
+	if s.bounded {
+		return reset(ctx)
+	}
 	_, err := bound(ctx, func(ctx context.Context) (Reservation, error) {
-		return Reservation{}, s.client.Del(ctx, s.Key(key)).Err()
+		return Reservation{}, reset(ctx)
 	})
 	return err
 }

@@ -15,9 +15,12 @@ local maxwait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
--- Forget the starts that left the window (now - interval, now]; first is
--- the oldest start still in it.
+-- Skip the starts that left the window (now - interval, now]: the first
+-- `expired` entries. They are trimmed only after a push, so that the key
+-- never disappears while the script still uses it (on Redis Cluster a
+-- script may not touch a key of a migrating slot once it is gone).
 local cutoff = now - interval
+local expired = 0
 local first
 local head = redis.call('LINDEX', key, '0')
 while head do
@@ -26,8 +29,8 @@ while head do
     break
   end
   first = nil
-  redis.call('LPOP', key)
-  head = redis.call('LINDEX', key, '0')
+  expired = expired + 1
+  head = redis.call('LINDEX', key, string.format('%d', expired))
 end
 
 -- The earliest start that keeps every window at N or fewer: not before the
@@ -35,7 +38,8 @@ end
 local n = 0
 local slot = now
 if first then
-  n = redis.call('LLEN', key)
+  local len = redis.call('LLEN', key)
+  n = len - expired
   local last = first
   if n > 1 then
     last = tonumber(redis.call('LINDEX', key, '-1'))
@@ -46,7 +50,7 @@ if first then
   if n >= limit then
     local nth = first
     if n > limit then
-      nth = tonumber(redis.call('LINDEX', key, string.format('%d', n - limit)))
+      nth = tonumber(redis.call('LINDEX', key, string.format('%d', len - limit)))
     end
     if nth + interval > slot then
       slot = nth + interval
@@ -58,9 +62,20 @@ local delay = slot - now
 if delay > maxwait then
   return {0, 0, delay, 0, 0}
 end
-redis.call('RPUSH', key, string.format('%d', slot))
-local ttl = math.ceil((slot + interval - now) / 1000)
-redis.call('PEXPIRE', key, string.format('%d', ttl))
+local entry = string.format('%d', slot)
+local ttl = string.format('%d', math.ceil((slot + interval - now) / 1000))
+redis.call('RPUSH', key, entry)
+if expired > 0 then
+  redis.call('LTRIM', key, string.format('%d', expired), '-1')
+end
+if redis.call('PEXPIRE', key, ttl) == 0 then
+  -- The key expired during the script, taking the new start with it. Redis
+  -- stops its clock while a script runs, so this happens only on servers
+  -- that do not (such as miniredis with a real-time clock); every older
+  -- start had left the window by then.
+  redis.call('RPUSH', key, entry)
+  redis.call('PEXPIRE', key, ttl)
+end
 local remaining = 0
 if delay == 0 then
   remaining = limit - n - 1

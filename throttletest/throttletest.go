@@ -188,6 +188,35 @@ func (s *Store) Reset(ctx context.Context, key string) error {
 	return s.redis.Reset(context.WithoutCancel(ctx), key)
 }
 
+// Block holds off key for d on the fake clock, as RedisStore.Block does,
+// so that Throttle.Block and the shared backoff of throttle.Transport work
+// in tests. Fail and SetLatency apply to it.
+func (s *Store) Block(ctx context.Context, key string, req throttle.Request, d time.Duration) error {
+	if err := s.sleep(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	return s.redis.Block(context.WithoutCancel(ctx), key, req, d)
+}
+
+// Blocked returns how long the latest hold of key still lasts on the fake
+// clock, as RedisStore.Blocked does. Fail and SetLatency apply to it.
+func (s *Store) Blocked(ctx context.Context, key string) (time.Duration, error) {
+	if err := s.sleep(ctx); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return 0, s.err
+	}
+	return s.redis.Blocked(context.WithoutCancel(ctx), key)
+}
+
 // Advance moves the fake clock forward by d. It moves the miniredis server's
 // TIME and its key expiries together, so that throttles open exactly d
 // later, as they would in production. Advance panics if d is negative.

@@ -519,3 +519,19 @@ func TestRunAndClose(t *testing.T) {
 	_, err = s.Take(t.Context(), "k", throttle.Request{Interval: time.Second, Limit: 1})
 	assert.Error(t, err, "Take after Close")
 }
+
+func TestBlockHoldsOnTheFakeClock(t *testing.T) {
+	s := New(t)
+	th, err := throttle.New("held", time.Second, s.Options()...)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, th.Block(ctx, time.Minute))
+	d, err := th.Allow(ctx)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "Allow during a one-minute hold")
+	assert.Equal(t, time.Minute, d.RetryAfter, "RetryAfter during the hold")
+	s.Advance(time.Minute)
+	d, err = th.Allow(ctx)
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "Allow once the hold has passed")
+}
