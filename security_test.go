@@ -74,8 +74,8 @@ func TestTLS(t *testing.T) {
 
 // aclCommands are the commands a RedisStore needs: SET (SET NX PX) and PTTL
 // for limit 1, EVALSHA and EVAL (after a script cache loss) for the scripts,
-// DEL for Reset, and the commands the scripts call.
-var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "lindex", "llen", "lpop", "rpush", "pexpire", "rpop"}
+// DEL for Reset, and the commands the scripts call (LRANGE only in Block's).
+var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "lindex", "llen", "ltrim", "rpush", "pexpire", "rpop", "lrange"}
 
 // aclRules is the minimal ACL rule set for a RedisStore with the default
 // key prefix, without the password.
@@ -108,7 +108,7 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 		{"limit 3: expire old starts (take.lua)", func() error {
 			// Two starts, the key kept alive for an hour by the second;
 			// then, judged with a 1 ms window, both have left it and the
-			// script pops them (LPOP). Mixing intervals on one key is
+			// script trims them (LTRIM). Mixing intervals on one key is
 			// outside the contract, but reaches that code at once.
 			short := Request{Interval: time.Millisecond, Limit: 3}
 			long := Request{Interval: time.Hour, Limit: 3}
@@ -163,6 +163,22 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			again, err := s.Take(ctx, "acl/book2", req)
 			if err != nil || !again.OK || again.Delay > res.Delay {
 				return fmt.Errorf("booking after cancel: %+v (cancelled %+v), %v", again, res, err)
+			}
+			return nil
+		}},
+		{"Block and Blocked (block1.lua, block.lua, PTTL)", func() error {
+			for _, limit := range []int{1, 3} {
+				req := Request{Interval: time.Hour, Limit: limit}
+				key := fmt.Sprint("acl/block", limit)
+				if _, err := s.Take(ctx, key, req); err != nil {
+					return err
+				}
+				if err := s.Block(ctx, key, req, time.Minute); err != nil {
+					return fmt.Errorf("Block, limit %d: %w", limit, err)
+				}
+				if d, err := s.Blocked(ctx, key); err != nil || d <= 0 {
+					return fmt.Errorf("Blocked, limit %d: %v, %v", limit, d, err)
+				}
 			}
 			return nil
 		}},
