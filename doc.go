@@ -41,13 +41,21 @@
 // a single server, Sentinel, Cluster and Ring clients; each throttle is one
 // Redis key under the prefix "throttle:", always with an expiry.
 //
+// # Outbound HTTP
+//
+// NewTransport wraps an http.RoundTripper so that every request is
+// throttled per host (or per key of your choice). When the upstream answers
+// 429 or 503 with Retry-After, the transport calls Throttle.Block, and every
+// process sharing the key holds off until then.
+//
 // # When the store fails
 //
 // Every decision is bounded by a timeout (WithTimeout, default 250 ms). When
 // the store cannot decide in time, or fails, the throttle fails closed: fn
 // does not run, and WrapErr returns an error matching ErrStoreUnavailable.
-// WithFailOpen runs fn instead. Nothing needs to be done when Redis comes
-// back: the next call uses it again.
+// WithFailOpen runs fn instead, and WithFallback decides with a
+// process-local share of the limit. Nothing needs to be done when Redis
+// comes back: the next call uses it again.
 //
 // # Cost
 //
