@@ -89,6 +89,12 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
+	// A hold set by Throttle.Block (after a 429, say) is recorded in a
+	// marker key next to the throttle's key, expiring with the hold.
+	hold, err := client.PTTL(ctx, rkey+"\x00block").Result()
+	if err != nil {
+		return err
+	}
 	serverNow := now.Val()
 	nowUs := serverNow.UnixMicro()
 	ttl := pttl.Val()
@@ -99,6 +105,9 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	row("key", "%s", strconv.Quote(k.key))
 	row("redis key", "%s", strconv.Quote(rkey))
 	row("server time", "%s (Redis TIME)", serverNow.UTC().Format("2006-01-02 15:04:05.000000 MST"))
+	if hold > 0 {
+		row("hold", "%s left (Throttle.Block, such as after a 429 with Retry-After)", fmtDur(hold))
+	}
 	ttlText := func() string {
 		switch {
 		case ttl == -1:

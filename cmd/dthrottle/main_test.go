@@ -338,6 +338,13 @@ func testInspectAndReset(t *testing.T, addr string) {
 	assert.Contains(t, out, `"throttle:k1"`)
 	assert.Contains(t, out, "type          string")
 	assert.Regexp(t, `next start +free in (59|1m0)`, out)
+	assert.NotContains(t, out, "hold ", "inspect of a key without a hold")
+
+	// A hold (Throttle.Block) shows with its time left.
+	require.NoError(t, t1.Block(ctx, 2*time.Minute))
+	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^hold +(1m59|2m0)`, out, "inspect of a held key")
 
 	code, out, errOut = runCmd(ctx, "reset", "k3", "--redis", url)
 	require.Equal(t, exitOK, code, errOut)
