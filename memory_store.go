@@ -17,7 +17,7 @@ type MemoryStore struct {
 	mu      sync.Mutex
 	keys    map[string]*memKey
 	epoch   time.Time
-	now     func() int64 // nanoseconds on a monotonic clock; replaced in tests
+	clock   func() int64 // replaces the monotonic clock in tests; nil otherwise
 	sweepAt int          // sweep expired keys when len(keys) reaches this
 }
 
@@ -35,12 +35,16 @@ const minSweep = 64
 // NewMemoryStore returns an empty MemoryStore that uses the monotonic clock
 // of this process.
 func NewMemoryStore() *MemoryStore {
-	m := &MemoryStore{keys: make(map[string]*memKey), epoch: time.Now(), sweepAt: minSweep}
-	m.now = m.monotonic
-	return m
+	return &MemoryStore{keys: make(map[string]*memKey), epoch: time.Now(), sweepAt: minSweep}
 }
 
-func (m *MemoryStore) monotonic() int64 { return int64(time.Since(m.epoch)) }
+// now returns the time in nanoseconds on the store's monotonic clock.
+func (m *MemoryStore) now() int64 {
+	if m.clock != nil {
+		return m.clock()
+	}
+	return int64(time.Since(m.epoch))
+}
 
 func (m *MemoryStore) local() {}
 

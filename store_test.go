@@ -38,7 +38,7 @@ func fakeMemory() (*MemoryStore, func(time.Duration)) {
 	m := NewMemoryStore()
 	var mu sync.Mutex
 	var now int64 = 1 // not 0: a start at 0 must still count
-	m.now = func() int64 { mu.Lock(); defer mu.Unlock(); return now }
+	m.clock = func() int64 { mu.Lock(); defer mu.Unlock(); return now }
 	return m, func(d time.Duration) { mu.Lock(); now += int64(d); mu.Unlock() }
 }
 
