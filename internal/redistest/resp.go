@@ -42,6 +42,7 @@ func dialRESP(addr string, timeout time.Duration, tlsConfig *tls.Config) (*respC
 	return &respConn{conn: c, r: bufio.NewReader(c)}, nil
 }
 
+// Close closes the connection.
 func (c *respConn) Close() error { return c.conn.Close() }
 
 // do sends one command and returns a simple-string, integer or bulk-string
