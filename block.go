@@ -133,17 +133,6 @@ func (t *Throttle) Blocked(ctx context.Context) (time.Duration, error) {
 	return d, nil
 }
 
-// denyUntil raises the deny cache to until (ns since t.epoch); it never
-// lowers it.
-func (t *Throttle) denyUntil(until int64) {
-	for {
-		old := t.deniedUntil.Load()
-		if old >= until || t.deniedUntil.CompareAndSwap(old, until) {
-			return
-		}
-	}
-}
-
 // Block implements the hold of Throttle.Block: no start of key is admitted
 // until d after the decision, on the Redis server's clock. With limit 1 the
 // key's expiry becomes at least d (whole milliseconds, rounded up). With a
@@ -159,13 +148,7 @@ func (s *RedisStore) Block(ctx context.Context, key string, req Request, d time.
 	if req.Interval < time.Millisecond || req.Limit < 1 || req.Limit > maxBlockLimit {
 		return fmt.Errorf("throttle: cannot block with interval %v and limit %d", req.Interval, req.Limit)
 	}
-	if s.bounded {
-		return s.block(ctx, key, req, d)
-	}
-	_, err := bound(ctx, func(ctx context.Context) (Reservation, error) {
-		return Reservation{}, s.block(ctx, key, req, d)
-	})
-	return err
+	return boundedErr(s, ctx, func(ctx context.Context) error { return s.block(ctx, key, req, d) })
 }
 
 func (s *RedisStore) block(ctx context.Context, key string, req Request, d time.Duration) error {
@@ -185,26 +168,13 @@ func (s *RedisStore) block(ctx context.Context, key string, req Request, d time.
 // Blocked returns how long the latest hold set by Block on key still lasts,
 // from the expiry of its marker key; 0 when there is none.
 func (s *RedisStore) Blocked(ctx context.Context, key string) (time.Duration, error) {
-	blocked := func(ctx context.Context) (time.Duration, error) {
+	return bounded(s, ctx, func(ctx context.Context) (time.Duration, error) {
 		d, err := s.client.PTTL(ctx, s.Key(key)+blockSuffix).Result()
 		if errors.Is(err, redis.Nil) {
 			return 0, nil
 		}
 		return max(d, 0), err
-	}
-	if s.bounded {
-		return blocked(ctx)
-	}
-	var d time.Duration
-	_, err := bound(ctx, func(ctx context.Context) (Reservation, error) {
-		var err error
-		d, err = blocked(ctx)
-		return Reservation{}, err
 	})
-	if err != nil {
-		return 0, err
-	}
-	return d, nil
 }
 
 // Block implements the hold of Throttle.Block on the store's clock, as
@@ -226,11 +196,8 @@ func (m *MemoryStore) Block(_ context.Context, key string, req Request, d time.D
 	mk.expires = max(mk.expires, end)
 
 	k := m.keyState(key, now)
-	for k.head < len(k.times) && k.times[k.head] <= now-interval {
-		k.head++
-	}
-	k.times = k.times[:copy(k.times, k.times[k.head:])]
-	k.head = 0
+	k.forget(now - interval)
+	k.compact()
 	mark := end - interval
 	i := len(k.times)
 	for i > 0 && k.times[i-1] > mark {
@@ -256,17 +223,4 @@ func (m *MemoryStore) Blocked(_ context.Context, key string) (time.Duration, err
 		}
 	}
 	return 0, nil
-}
-
-// keyState returns the state of key, made empty if missing. m.mu is held.
-func (m *MemoryStore) keyState(key string, now int64) *memKey {
-	k := m.keys[key]
-	if k == nil {
-		if len(m.keys) >= m.sweepAt {
-			m.sweep(now)
-		}
-		k = &memKey{}
-		m.keys[key] = k
-	}
-	return k
 }

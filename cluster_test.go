@@ -2,7 +2,6 @@ package throttle
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -97,19 +96,7 @@ func faultHammer(wg *sync.WaitGroup, stop <-chan struct{}, th *Throttle, wait bo
 			default:
 			}
 			asked := time.Now()
-			var ok bool
-			var err error
-			if wait {
-				err = th.Wait(ctx)
-				ok = err == nil
-				if errors.Is(err, ErrThrottled) {
-					err = nil
-				}
-			} else {
-				var d Decision
-				d, err = th.Allow(ctx)
-				ok = d.Allowed && err == nil
-			}
+			ok, err := decide(ctx, th, wait)
 			started := time.Now()
 			switch {
 			case err != nil:

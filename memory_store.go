@@ -29,6 +29,19 @@ type memKey struct {
 	expires int64
 }
 
+// forget drops the starts at or before cutoff (they left the window).
+func (k *memKey) forget(cutoff int64) {
+	for k.head < len(k.times) && k.times[k.head] <= cutoff {
+		k.head++
+	}
+}
+
+// compact moves the starts still held to the front of times.
+func (k *memKey) compact() {
+	k.times = k.times[:copy(k.times, k.times[k.head:])]
+	k.head = 0
+}
+
 // minSweep is the map size below which the store never sweeps.
 const minSweep = 64
 
@@ -53,18 +66,8 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 	interval := int64(req.Interval)
 	m.mu.Lock()
 	now := m.now()
-	k := m.keys[key]
-	if k == nil {
-		if len(m.keys) >= m.sweepAt {
-			m.sweep(now)
-		}
-		k = &memKey{}
-		m.keys[key] = k
-	}
-	// Forget starts that left the window (now-interval, now].
-	for k.head < len(k.times) && k.times[k.head] <= now-interval {
-		k.head++
-	}
+	k := m.keyState(key, now)
+	k.forget(now - interval)
 	n := len(k.times) - k.head
 	slot := now
 	if n > 0 {
@@ -83,8 +86,7 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 		return Reservation{RetryAfter: time.Duration(delay)}, nil
 	}
 	if k.head > 0 && k.head >= len(k.times)/2 {
-		k.times = k.times[:copy(k.times, k.times[k.head:])]
-		k.head = 0
+		k.compact()
 	}
 	k.times = append(k.times, slot)
 	k.expires = slot + interval
@@ -123,6 +125,19 @@ func (m *MemoryStore) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.keys)
+}
+
+// keyState returns the state of key, made empty if missing. m.mu is held.
+func (m *MemoryStore) keyState(key string, now int64) *memKey {
+	k := m.keys[key]
+	if k == nil {
+		if len(m.keys) >= m.sweepAt {
+			m.sweep(now)
+		}
+		k = &memKey{}
+		m.keys[key] = k
+	}
+	return k
 }
 
 // sweep removes the expired keys and sets the size of the next sweep to

@@ -112,18 +112,7 @@ func runWorkerKey(c redis.UniversalClient, spec workerSpec, key string, index in
 	end := time.Now().Add(spec.Duration)
 	for time.Now().Before(end) {
 		asked := time.Now()
-		var ok bool
-		if spec.Wait > 0 {
-			err = th.Wait(ctx)
-			ok = err == nil
-			if errorsIsThrottled(err) {
-				err = nil
-			}
-		} else {
-			var d Decision
-			d, err = th.Allow(ctx)
-			ok = d.Allowed && err == nil
-		}
+		ok, err := decide(ctx, th, spec.Wait > 0)
 		started := time.Now()
 		if err != nil {
 			emit(workerEvent{simevent.Event{TUnixNs: started.UnixNano(), Worker: spec.ID, PID: pid, Event: simevent.Error, Err: err.Error()}, index})
@@ -140,9 +129,19 @@ func runWorkerKey(c redis.UniversalClient, spec workerSpec, key string, index in
 	return nil
 }
 
-func errorsIsThrottled(err error) bool {
-	_, ok := err.(*ThrottledError)
-	return ok
+// decide makes one call of th, waiting for a turn when wait is set, and
+// reports whether it was admitted. A call that was not admitted is not an
+// error; a store failure is.
+func decide(ctx context.Context, th *Throttle, wait bool) (ok bool, err error) {
+	if wait {
+		err = th.Wait(ctx)
+		if errors.Is(err, ErrThrottled) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	d, err := th.Allow(ctx)
+	return d.Allowed && err == nil, err
 }
 
 // runWorkers starts n worker processes on spec and returns their events.

@@ -110,60 +110,59 @@ func (s *RedisStore) Key(key string) string { return s.prefix + key }
 
 // Take implements Store.
 func (s *RedisStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
-	if s.bounded {
+	if s.bounded { // the hot path, without the closure of bounded
 		return s.take(ctx, key, req)
 	}
-	return bound(ctx, func(ctx context.Context) (Reservation, error) { return s.take(ctx, key, req) })
+	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.take(ctx, key, req) })
 }
 
 // Cancel implements Store.
 func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Reservation) error {
-	if s.bounded {
-		return s.cancel(ctx, key, req, res)
-	}
-	_, err := bound(ctx, func(ctx context.Context) (Reservation, error) {
-		return Reservation{}, s.cancel(ctx, key, req, res)
-	})
-	return err
+	return boundedErr(s, ctx, func(ctx context.Context) error { return s.cancel(ctx, key, req, res) })
 }
 
 // Reset deletes the Redis key of key, and the record of a hold set by
 // Block, so the next Take is admitted.
 func (s *RedisStore) Reset(ctx context.Context, key string) error {
-	reset := func(ctx context.Context) error {
+	return boundedErr(s, ctx, func(ctx context.Context) error {
 		// Two commands: on Redis Cluster the keys may live in two slots.
 		if err := s.client.Del(ctx, s.Key(key)+blockSuffix).Err(); err != nil {
 			return err
 		}
 		return s.client.Del(ctx, s.Key(key)).Err()
-	}
-	if s.bounded {
-		return reset(ctx)
-	}
-	_, err := bound(ctx, func(ctx context.Context) (Reservation, error) {
-		return Reservation{}, reset(ctx)
 	})
-	return err
 }
 
-// bound runs f in a goroutine and returns its result, or ctx's error when
-// ctx ends first.
-func bound(ctx context.Context, f func(context.Context) (Reservation, error)) (Reservation, error) {
+// bounded returns f(ctx) once ctx ends at the latest. When s's client
+// honours context deadlines, go-redis itself stops there and f runs in the
+// caller's goroutine. Otherwise f runs in a goroutine of its own, which the
+// caller leaves when ctx ends; it ends when go-redis returns.
+func bounded[T any](s *RedisStore, ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	if s.bounded {
+		return f(ctx)
+	}
 	type result struct {
-		res Reservation
+		v   T
 		err error
 	}
-	ch := make(chan result, 1)
+	ch := make(chan result, 1) // buffered: the goroutine never blocks on a caller that left
 	go func() {
-		r, err := f(ctx)
-		ch <- result{r, err}
+		v, err := f(ctx)
+		ch <- result{v, err}
 	}()
 	select {
 	case r := <-ch:
-		return r.res, r.err
+		return r.v, r.err
 	case <-ctx.Done():
-		return Reservation{}, ctx.Err()
+		var zero T
+		return zero, ctx.Err()
 	}
+}
+
+// boundedErr is bounded for calls that return only an error.
+func boundedErr(s *RedisStore, ctx context.Context, f func(context.Context) error) error {
+	_, err := bounded(s, ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, f(ctx) })
+	return err
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reservation, error) {

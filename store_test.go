@@ -326,34 +326,41 @@ func admitConcurrently(t *testing.T, s Store, key string, req Request, n int) in
 	return admit
 }
 
-func TestStoreContract(t *testing.T) {
+func TestStoreContract(t *testing.T) { runContract(t, contract, "contract/") }
+
+// runContract runs every case on every harness, each on keys of its own
+// under prefix.
+func runContract(t *testing.T, cases []contractCase, prefix string) {
 	for _, h := range harnesses(t) {
 		t.Run(h.name, func(t *testing.T) {
-			for _, c := range contract {
+			for _, c := range cases {
 				if c.fakeOnly && !h.fake {
 					continue
 				}
 				t.Run(c.name, func(t *testing.T) {
-					c.run(t, h, "contract/"+t.Name())
+					c.run(t, h, prefix+t.Name())
 				})
 			}
 		})
 	}
 }
 
-// racyStore decides limit 1 with GET, then SET: the non-atomic design the
-// contract must reject.
+// racyStore decides limit 1 with EXISTS, then SET: the non-atomic design
+// the contract must reject. reads holds every Take between its read and
+// its write until all callers have read, the interleaving that such a
+// store cannot survive.
 type racyStore struct {
 	c     *redis.Client
-	pause time.Duration
+	reads *sync.WaitGroup
 }
 
 func (s racyStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
 	n, err := s.c.Exists(ctx, key).Result()
+	s.reads.Done()
+	s.reads.Wait()
 	if err != nil || n > 0 {
 		return Reservation{RetryAfter: req.Interval}, err
 	}
-	time.Sleep(s.pause) // widen the gap between the read and the write
 	return Reservation{OK: true}, s.c.Set(ctx, key, "1", req.Interval).Err()
 }
 
@@ -366,8 +373,11 @@ func TestAtomicityCheckCatchesRacyStore(t *testing.T) {
 	mr := miniredis.RunT(t)
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = c.Close() })
-	got := admitConcurrently(t, racyStore{c: c, pause: 50 * time.Millisecond}, "racy", Request{Interval: time.Minute, Limit: 1}, 20)
-	assert.Greater(t, got, 1, "a GET-then-SET store under 20 concurrent Takes admitted %d, want more than 1", got)
+	const n = 20
+	var reads sync.WaitGroup
+	reads.Add(n)
+	got := admitConcurrently(t, racyStore{c: c, reads: &reads}, "racy", Request{Interval: time.Minute, Limit: 1}, n)
+	assert.Greater(t, got, 1, "a read-then-write store under %d concurrent Takes admitted %d, want more than 1", n, got)
 }
 
 func TestMemoryStoreSweepsExpiredKeys(t *testing.T) {

@@ -120,10 +120,8 @@ func (t *Throttle) Limit() int { return t.cfg.limit }
 func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 	res, err := t.take(ctx, 0)
 	if err != nil {
-		if t.fallback != nil && isStoreError(err) {
-			return Decision{Allowed: res.OK, RetryAfter: res.RetryAfter, Remaining: res.Remaining}, err
-		}
-		return Decision{Allowed: t.cfg.failOpen && isStoreError(err)}, err
+		// res is the fallback's decision, or empty.
+		return Decision{Allowed: t.degraded(res, err) == nil, RetryAfter: res.RetryAfter, Remaining: res.Remaining}, err
 	}
 	if !res.OK {
 		return Decision{RetryAfter: res.RetryAfter}, nil
@@ -248,6 +246,17 @@ func (t *Throttle) request(maxWait time.Duration) Request {
 // now returns the time on the monotonic clock, in ns since t.epoch.
 func (t *Throttle) now() int64 { return int64(time.Since(t.epoch)) }
 
+// denyUntil raises the deny cache to until (ns since t.epoch); it never
+// lowers it.
+func (t *Throttle) denyUntil(until int64) {
+	for {
+		old := t.deniedUntil.Load()
+		if old >= until || t.deniedUntil.CompareAndSwap(old, until) {
+			return
+		}
+	}
+}
+
 // take asks the deny cache, then the store, for one start at most maxWait
 // away. Its errors are ctx's or a *StoreError.
 func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation, error) {
@@ -291,9 +300,9 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 		// closed at least until begin plus what it said.
 		switch {
 		case !res.OK && res.RetryAfter > 0:
-			t.deniedUntil.Store(begin + int64(res.RetryAfter))
+			t.denyUntil(begin + int64(res.RetryAfter))
 		case res.OK && t.cfg.limit == 1:
-			t.deniedUntil.Store(begin + int64(res.Delay+t.interval))
+			t.denyUntil(begin + int64(res.Delay+t.interval))
 		}
 	}
 	if t.cfg.observer != nil {
@@ -305,7 +314,7 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 func (t *Throttle) observe(res Reservation, cached bool, err error, begin int64) {
 	e := Event{
 		Key:        t.key,
-		Allowed:    res.OK || (err != nil && t.fallback == nil && t.cfg.failOpen && isStoreError(err)),
+		Allowed:    res.OK || (err != nil && t.degraded(res, err) == nil),
 		Delay:      res.Delay,
 		RetryAfter: res.RetryAfter,
 		Cached:     cached,

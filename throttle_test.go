@@ -276,28 +276,34 @@ func TestDenyCacheSparesTheStore(t *testing.T) {
 }
 
 func TestDenyCacheNeverOutlivesTheStoreDenial(t *testing.T) {
-	// With a 30 ms interval, calls spaced over 200 ms must keep being
-	// admitted about every 30 ms: a cache that denied past the store's
-	// retry-after would admit fewer.
+	// The store denies with a retry-after of 20ms. The cache may answer for
+	// those 20ms, and must ask the store again once they have passed.
+	const retry = 20 * time.Millisecond
 	for _, limit := range []int{1, 2} {
-		s := &countingStore{Store: NewMemoryStore()}
-		th, err := New("k", 30*time.Millisecond, WithStore(s), WithLimit(limit))
+		s := &countingStore{Store: denyingStore{retry}}
+		th, err := New("k", time.Hour, WithStore(s), WithLimit(limit))
 		require.NoError(t, err)
-		admitted := 0
-		start := time.Now()
-		for time.Since(start) < 200*time.Millisecond {
-			d, err := th.Allow(context.Background())
-			require.NoError(t, err)
-			if d.Allowed {
-				admitted++
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
-		// Sound lower bound: one admission per (interval + sleep + slack)
-		// over at least 200 ms is more than 2 windows' worth.
-		assert.GreaterOrEqual(t, admitted, 3*limit, "limit %d: admitted over 200ms of 30ms windows", limit)
+		ctx := context.Background()
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		require.False(t, d.Allowed)
+		require.EqualValues(t, 1, s.takes.Load(), "limit %d: store calls after the first Allow", limit)
+		time.Sleep(retry)
+		d, err = th.Allow(ctx)
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.EqualValues(t, 2, s.takes.Load(), "limit %d: store calls for an Allow %v after a denial with that retry-after", limit, retry)
 	}
 }
+
+// denyingStore denies every Take with a fixed retry-after.
+type denyingStore struct{ retry time.Duration }
+
+func (s denyingStore) Take(context.Context, string, Request) (Reservation, error) {
+	return Reservation{RetryAfter: s.retry}, nil
+}
+
+func (s denyingStore) Cancel(context.Context, string, Request, Reservation) error { return nil }
 
 func TestResetOpensTheThrottle(t *testing.T) {
 	th, err := New("k", time.Hour)

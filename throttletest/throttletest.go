@@ -124,14 +124,10 @@ func (s *Store) Options() []throttle.Option {
 // With SetAutoAdvance(true), a start booked d ahead first moves the fake
 // clock forward by d. Then Take reports a start now (a Delay of 0).
 func (s *Store) Take(ctx context.Context, key string, req throttle.Request) (throttle.Reservation, error) {
-	if err := s.sleep(ctx); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return throttle.Reservation{}, err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return throttle.Reservation{}, s.err
-	}
 	res, err := s.redis.Take(context.WithoutCancel(ctx), key, req)
 	if err != nil || !res.OK {
 		return res, err
@@ -161,14 +157,10 @@ func (s *Store) Cancel(ctx context.Context, key string, req throttle.Request, re
 	}
 	s.mu.Unlock()
 
-	if err := s.sleep(ctx); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
-	}
 	return s.redis.Cancel(context.WithoutCancel(ctx), key, req, res)
 }
 
@@ -177,14 +169,10 @@ func (s *Store) Cancel(ctx context.Context, key string, req throttle.Request, re
 // starts admitted before the reset. Reset has the same latency and failure
 // as Take.
 func (s *Store) Reset(ctx context.Context, key string) error {
-	if err := s.sleep(ctx); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
-	}
 	return s.redis.Reset(context.WithoutCancel(ctx), key)
 }
 
@@ -192,28 +180,20 @@ func (s *Store) Reset(ctx context.Context, key string) error {
 // so that Throttle.Block and the shared backoff of throttle.Transport work
 // in tests. Fail and SetLatency apply to it.
 func (s *Store) Block(ctx context.Context, key string, req throttle.Request, d time.Duration) error {
-	if err := s.sleep(ctx); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
-	}
 	return s.redis.Block(context.WithoutCancel(ctx), key, req, d)
 }
 
 // Blocked returns how long the latest hold of key still lasts on the fake
 // clock, as RedisStore.Blocked does. Fail and SetLatency apply to it.
 func (s *Store) Blocked(ctx context.Context, key string) (time.Duration, error) {
-	if err := s.sleep(ctx); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return 0, s.err
-	}
 	return s.redis.Blocked(context.WithoutCancel(ctx), key)
 }
 
@@ -327,6 +307,22 @@ func (s *Store) Miniredis() *miniredis.Miniredis { return s.mr }
 
 // Client returns the go-redis client connected to the miniredis server.
 func (s *Store) Client() *redis.Client { return s.client }
+
+// enter answers a store call as Fail and SetLatency ask: it sleeps the
+// latency, then locks the store. It returns the failure set with Fail, with
+// the store unlocked, or nil with s.mu held for the caller to unlock.
+func (s *Store) enter(ctx context.Context) error {
+	if err := s.sleep(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
 
 // sleep waits for the latency set with SetLatency, or until ctx ends.
 func (s *Store) sleep(ctx context.Context) error {

@@ -284,21 +284,9 @@ func TestConcurrentCallsAdmitExactlyLimit(t *testing.T) {
 	const limit, n = 5, 50
 	th, err := throttle.New("k", time.Minute, append(s.Options(), throttle.WithLimit(limit))...)
 	require.NoError(t, err)
-	var wg sync.WaitGroup
-	var admitted, failed atomic.Int32
-	for range n {
-		wg.Go(func() {
-			d, err := th.Allow(context.Background())
-			if err != nil {
-				failed.Add(1)
-			} else if d.Allowed {
-				admitted.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	assert.Zero(t, failed.Load(), "Allow errors")
-	assert.Equal(t, int32(limit), admitted.Load(), "%d concurrent calls, limit %d: admitted", n, limit)
+	admitted, failed := allowConcurrently(th, n)
+	assert.Zero(t, failed, "Allow errors")
+	assert.Equal(t, limit, admitted, "%d concurrent calls, limit %d: admitted", n, limit)
 	assert.Equal(t, limit, s.Count("k"), "Count")
 }
 
@@ -311,21 +299,9 @@ func TestSlowMiniredisIsNotATimeout(t *testing.T) {
 	th, err := throttle.New("k", time.Minute,
 		append(s.Options(), throttle.WithLimit(limit), throttle.WithTimeout(time.Millisecond))...)
 	require.NoError(t, err)
-	var wg sync.WaitGroup
-	var admitted, failed atomic.Int32
-	for range n {
-		wg.Go(func() {
-			d, err := th.Allow(context.Background())
-			if err != nil {
-				failed.Add(1)
-			} else if d.Allowed {
-				admitted.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	assert.Zero(t, failed.Load(), "%d concurrent Allows with a 1ms timeout: errors", n)
-	assert.Equal(t, int32(limit), admitted.Load(), "%d concurrent Allows, limit %d: admitted", n, limit)
+	admitted, failed := allowConcurrently(th, n)
+	assert.Zero(t, failed, "%d concurrent Allows with a 1ms timeout: errors", n)
+	assert.Equal(t, limit, admitted, "%d concurrent Allows, limit %d: admitted", n, limit)
 }
 
 func TestFail(t *testing.T) {
@@ -534,4 +510,23 @@ func TestBlockHoldsOnTheFakeClock(t *testing.T) {
 	d, err = th.Allow(ctx)
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "Allow once the hold has passed")
+}
+
+// allowConcurrently makes n concurrent Allow calls on th and returns how
+// many were admitted and how many failed.
+func allowConcurrently(th *throttle.Throttle, n int) (admitted, failed int) {
+	var wg sync.WaitGroup
+	var a, f atomic.Int32
+	for range n {
+		wg.Go(func() {
+			d, err := th.Allow(context.Background())
+			if err != nil {
+				f.Add(1)
+			} else if d.Allowed {
+				a.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(a.Load()), int(f.Load())
 }
