@@ -154,3 +154,60 @@ func denied(b *testing.B, c redis.UniversalClient, limit int) func() error {
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
+
+// BenchmarkHotKey: 64 goroutines call Allow on one key of a Throttle on
+// Redis, with the deny cache, with and without sharing one in-flight store
+// call among concurrent Allows. It reports the store calls per admission
+// and the admissions per interval's worth of time against the ideal (1.0).
+func BenchmarkHotKey(b *testing.B) {
+	srv := redistest.Start(b)
+	c := srv.Client(b)
+	var seq atomic.Int64
+	for _, lc := range []struct {
+		name     string
+		limit    int
+		interval time.Duration
+	}{
+		{"limit1per10ms", 1, 10 * time.Millisecond},
+		{"limit10per10ms", 10, 10 * time.Millisecond},
+	} {
+		for _, share := range []bool{true, false} {
+			name := lc.name + "/shared"
+			if !share {
+				name = lc.name + "/unshared"
+			}
+			b.Run(name, func(b *testing.B) {
+				s := &countingStore{Store: NewRedisStore(c)}
+				th, err := New("bench:hot:"+strconv.FormatInt(seq.Add(1), 36), lc.interval,
+					WithStore(s), WithLimit(lc.limit))
+				if err != nil {
+					b.Fatal(err)
+				}
+				th.cfg.noShare = !share
+				var admitted atomic.Int64
+				b.ReportAllocs()
+				b.SetParallelism(max(1, 64/runtimeProcs()))
+				begin := time.Now()
+				b.RunParallel(func(pb *testing.PB) {
+					ctx := context.Background()
+					for pb.Next() {
+						d, err := th.Allow(ctx)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if d.Allowed {
+							admitted.Add(1)
+						}
+					}
+				})
+				elapsed := time.Since(begin)
+				if n := admitted.Load(); n > 0 {
+					b.ReportMetric(float64(s.takes.Load())/float64(n), "storecalls/admission")
+					ideal := float64(lc.limit) * float64(elapsed) / float64(lc.interval)
+					b.ReportMetric(float64(n)/ideal, "admitted/ideal")
+				}
+			})
+		}
+	}
+}

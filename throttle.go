@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -55,6 +56,13 @@ type Throttle struct {
 	// deniedUntil is the deny cache: until this time (ns since epoch, on
 	// the monotonic clock) the store is known to deny a start.
 	deniedUntil atomic.Int64
+	// full records that the store's last answer left no start free (for
+	// a limit above 1), so that the next answer will likely close the key.
+	full atomic.Bool
+	// flight, when not nil, is closed when the store call in flight for an
+	// Allow returns; concurrent Allows wait for it (see shared).
+	mu     sync.Mutex
+	flight chan struct{}
 }
 
 // New returns a Throttle for key that admits at most one call (or the limit
@@ -265,8 +273,7 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 		begin = t.now()
 	}
 	if t.cfg.denyCache {
-		if until := t.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
-			res := Reservation{RetryAfter: time.Duration(until - begin)}
+		if res, ok := t.cached(begin, maxWait); ok {
 			if t.cfg.observer != nil {
 				t.observe(res, true, nil, begin)
 			}
@@ -278,11 +285,16 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 	}
 	var res Reservation
 	var err error
+	cached := false
 	if t.local {
-		res, err = t.cfg.store.Take(ctx, t.key, t.request(maxWait))
+		res, err = t.ask(ctx, begin, maxWait)
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, t.cfg.timeout)
-		res, err = t.cfg.store.Take(cctx, t.key, t.request(maxWait))
+		if t.shares(maxWait) {
+			res, cached, err = t.shared(cctx, begin)
+		} else {
+			res, err = t.ask(cctx, begin, maxWait)
+		}
 		cancel()
 	}
 	if err != nil {
@@ -295,20 +307,115 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 				res, _ = t.fallback.Take(ctx, t.key, Request{Interval: t.interval, Limit: t.cfg.fallback, MaxWait: maxWait})
 			}
 		}
-	} else if t.cfg.denyCache {
-		// The store decided at some time after begin, so the key stays
-		// closed at least until begin plus what it said.
-		switch {
-		case !res.OK && res.RetryAfter > 0:
-			t.denyUntil(begin + int64(res.RetryAfter))
-		case res.OK && t.cfg.limit == 1:
-			t.denyUntil(begin + int64(res.Delay+t.interval))
-		}
 	}
 	if t.cfg.observer != nil {
-		t.observe(res, false, err, begin)
+		t.observe(res, cached, err, begin)
 	}
 	return res, err
+}
+
+// cached is the deny cache's answer at now (ns since t.epoch) to a call
+// that may wait maxWait: a denial while the store is known to deny every
+// start up to maxWait away.
+func (t *Throttle) cached(now int64, maxWait time.Duration) (Reservation, bool) {
+	if until := t.deniedUntil.Load(); until > now && time.Duration(until-now) > maxWait {
+		return Reservation{RetryAfter: time.Duration(until - now)}, true
+	}
+	return Reservation{}, false
+}
+
+// ask asks the store for a start, and feeds its answer to the deny cache.
+// begin is a time (ns since t.epoch) before the call.
+func (t *Throttle) ask(ctx context.Context, begin int64, maxWait time.Duration) (Reservation, error) {
+	res, err := t.cfg.store.Take(ctx, t.key, t.request(maxWait))
+	if err == nil && t.cfg.denyCache {
+		t.learn(res, begin)
+	}
+	return res, err
+}
+
+// learn raises the deny cache after an answer of the store to a call that
+// began at begin. The store decided at some time after begin, so the key
+// stays closed at least until begin plus what it said.
+func (t *Throttle) learn(res Reservation, begin int64) {
+	switch {
+	case !res.OK && res.RetryAfter > 0:
+		t.denyUntil(begin + int64(res.RetryAfter))
+	case res.OK && t.cfg.limit == 1:
+		t.denyUntil(begin + int64(res.Delay+t.interval))
+	}
+	if t.cfg.limit > 1 {
+		t.full.Store(!res.OK || res.Delay > 0 || res.Remaining == 0)
+	}
+}
+
+// shares reports whether a call may wait for the answer to a store call
+// already in flight instead of asking the store itself: Allow calls, with
+// the deny cache, when that answer will likely close the key (always for a
+// limit of 1, and for more after an answer that left no start free).
+func (t *Throttle) shares(maxWait time.Duration) bool {
+	return maxWait == 0 && t.cfg.denyCache && !t.cfg.noShare && (t.cfg.limit == 1 || t.full.Load())
+}
+
+// maxJoins is how many store calls in flight an Allow waits for, one after
+// the other, before it asks the store itself.
+const maxJoins = 2
+
+// shared decides an Allow (a call with maxWait 0) on a store that is shared
+// with other processes. The first caller asks the store; callers that
+// arrive while its question is in flight wait for the answer, then ask the
+// deny cache, and only if it does not deny do they go on: one asks the
+// store while the others wait for it in turn, and after maxJoins answers
+// each asks the store itself. So a burst of concurrent Allows on a closed
+// key costs one or two store calls, not one each.
+//
+// The denial they share is the deny cache's, which is sound at any time
+// (see learn): a waiting call began before the answer arrived, and denying
+// it then is what the store would have done at that time. Waiting calls
+// (maxWait > 0) never share: each books its own start. cached reports an
+// answer from the cache.
+func (t *Throttle) shared(ctx context.Context, begin int64) (res Reservation, cached bool, err error) {
+	for range maxJoins {
+		t.mu.Lock()
+		f := t.flight
+		if f == nil {
+			f = make(chan struct{})
+			t.flight = f
+			t.mu.Unlock()
+			res, err = t.lead(ctx, f, begin)
+			return res, false, err
+		}
+		t.mu.Unlock()
+		if t.cfg.onShare != nil {
+			t.cfg.onShare()
+		}
+		select {
+		case <-f:
+		case <-ctx.Done():
+			return Reservation{}, false, ctx.Err()
+		}
+		begin = t.now()
+		if res, ok := t.cached(begin, 0); ok {
+			return res, true, nil
+		}
+		if !t.shares(0) {
+			break
+		}
+	}
+	res, err = t.ask(ctx, begin, 0)
+	return res, false, err
+}
+
+// lead asks the store for the calls that wait for flight f, and closes f
+// once the answer is in the deny cache.
+func (t *Throttle) lead(ctx context.Context, f chan struct{}, begin int64) (Reservation, error) {
+	defer func() {
+		t.mu.Lock()
+		t.flight = nil
+		t.mu.Unlock()
+		close(f)
+	}()
+	return t.ask(ctx, begin, 0)
 }
 
 func (t *Throttle) observe(res Reservation, cached bool, err error, begin int64) {
