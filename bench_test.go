@@ -103,6 +103,11 @@ func BenchmarkRedis(b *testing.B) {
 			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 10})
 			return err
 		}},
+		// The cost of Lua itself, for comparison with the floor and with
+		// allowed/limit10 (take.lua makes 4 redis.calls on a fresh key).
+		{"script/return1", func() error { return benchReturn1.Run(ctx, c, []string{key()}).Err() }},
+		{"script/1call", func() error { return benchOneCall.Run(ctx, c, []string{key()}, 60000).Err() }},
+		{"script/3calls", func() error { return benchThreeCalls.Run(ctx, c, []string{key()}, 60000).Err() }},
 		{"denied/limit1/nocache", denied(b, c, 1)},
 		{"denied/limit10/nocache", denied(b, c, 10)},
 	}
@@ -130,6 +135,15 @@ func BenchmarkRedis(b *testing.B) {
 	}
 	b.Cleanup(func() { c.FlushAll(context.Background()) }) // the server is the benchmark's own
 }
+
+// Scripts that measure what Lua costs: none, one and three redis.calls.
+var (
+	benchReturn1    = redis.NewScript(`return 1`)
+	benchOneCall    = redis.NewScript(`return redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1])`)
+	benchThreeCalls = redis.NewScript(`local t = redis.call('TIME')
+redis.call('RPUSH', KEYS[1], t[1] .. t[2])
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])`)
+)
 
 // denied returns a decision on a key that is closed for an hour, through a
 // Throttle with the deny cache off, so every call asks Redis.
