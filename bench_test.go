@@ -108,6 +108,11 @@ func BenchmarkRedis(b *testing.B) {
 		{"script/return1", func() error { return benchReturn1.Run(ctx, c, []string{key()}).Err() }},
 		{"script/1call", func() error { return benchOneCall.Run(ctx, c, []string{key()}, 60000).Err() }},
 		{"script/3calls", func() error { return benchThreeCalls.Run(ctx, c, []string{key()}, 60000).Err() }},
+		// N = 10 keys taken with SET NX PX, and the count of the taken ones
+		// that Remaining would need.
+		{"script/1call+exists10", func() error {
+			return benchExists10.Run(ctx, c, []string{"{" + key() + "}:3"}, 60000).Err()
+		}},
 		{"denied/limit1/nocache", denied(b, c, 1)},
 		{"denied/limit10/nocache", denied(b, c, 10)},
 	}
@@ -143,6 +148,9 @@ var (
 	benchThreeCalls = redis.NewScript(`local t = redis.call('TIME')
 redis.call('RPUSH', KEYS[1], t[1] .. t[2])
 return redis.call('PEXPIRE', KEYS[1], ARGV[1])`)
+	benchExists10 = redis.NewScript(`local ok = redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1])
+local b = string.sub(KEYS[1], 1, -2)
+return redis.call('EXISTS', b..'0', b..'1', b..'2', b..'3', b..'4', b..'5', b..'6', b..'7', b..'8', b..'9')`)
 )
 
 // denied returns a decision on a key that is closed for an hour, through a

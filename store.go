@@ -56,7 +56,11 @@ type Reservation struct {
 	// 0 means start now.
 	Delay time.Duration
 	// RetryAfter is, when not OK, how long after the decision the store
-	// expects to admit the next start.
+	// will go on denying every start: the earliest time it may admit the
+	// next one. It must not be later than that (the deny cache of a
+	// Throttle denies for that long without asking), and may be 0 when the
+	// store cannot tell, or when the next start is less than the store's
+	// resolution away (RedisStore: 1 ms for a limit of 1).
 	RetryAfter time.Duration
 	// Remaining is, when OK with Delay 0, how many more starts the store
 	// would admit at once after this one; 0 otherwise.

@@ -12,8 +12,10 @@ import (
 type Decision struct {
 	// Allowed reports whether the call may start now.
 	Allowed bool
-	// RetryAfter is, when not Allowed, how long until the store expects to
-	// admit the next call; 0 when Allowed.
+	// RetryAfter is, when not Allowed, how long until the store may admit
+	// the next call: it denies every call before then. It can be 0 for a
+	// denial when that is less than the store's resolution away (with
+	// RedisStore and limit 1, under a millisecond). 0 when Allowed.
 	RetryAfter time.Duration
 	// Remaining is, when Allowed, how many more calls the store would admit
 	// at once (0 for limit 1); 0 when not Allowed.
