@@ -32,7 +32,9 @@ type Event struct {
 	Delay time.Duration
 	// RetryAfter is, for a call not admitted, the store's retry-after.
 	RetryAfter time.Duration
-	// Cached reports whether the deny cache answered, without the store.
+	// Cached reports whether the deny cache answered, without a store call
+	// of this decision's own (it may have waited for another call's; see
+	// WithDenyCache).
 	Cached bool
 	// Err is the store's failure, if any (then Allowed is the policy's
 	// choice: false, or true with WithFailOpen).
