@@ -49,7 +49,8 @@ const sleptThreshold = time.Millisecond
 // that key until Retry-After has passed, except the requests that were
 // already admitted (in flight) when the response arrived. See NewTransport
 // for how the header is read. Responses with a Retry-After but another
-// status, and backoff statuses without one, change nothing.
+// status change nothing, and so do backoff statuses without a Retry-After
+// that can be read, unless WithDefaultRetryAfter sets a hold for them.
 //
 // A Transport keeps one Throttle per key for as long as it lives, so its
 // key function should return a bounded set of keys (hosts, tokens,
@@ -62,6 +63,7 @@ type Transport struct {
 	keyFunc   func(*http.Request) string
 	prefix    string
 	maxRetry  time.Duration
+	defRetry  time.Duration
 	statuses  []int
 	wait      time.Duration // the throttles' WithWait; 0 drops
 	throttles sync.Map      // key → *Throttle
@@ -84,6 +86,7 @@ type transportConfig struct {
 	prefix   string
 	opts     []Option
 	maxRetry time.Duration
+	defRetry time.Duration
 	statuses []int
 }
 
@@ -125,6 +128,17 @@ func WithMaxRetryAfter(d time.Duration) TransportOption {
 	return transportOptionFunc(func(c *transportConfig) { c.maxRetry = d })
 }
 
+// WithDefaultRetryAfter sets the hold after a response with a backoff
+// status (see WithBackoffStatuses) that has no Retry-After header, or one
+// that is neither delta-seconds nor an HTTP date: every process sharing the
+// key holds off for d, as if the header said d. Many APIs answer 429
+// without the header. A Retry-After of 0, or a date that has passed, still
+// sets no hold; the maximum (see WithMaxRetryAfter) caps d too. A negative
+// d, or one above MaxInterval, is an error. Default: 0, no hold.
+func WithDefaultRetryAfter(d time.Duration) TransportOption {
+	return transportOptionFunc(func(c *transportConfig) { c.defRetry = d })
+}
+
 // WithBackoffStatuses sets the response statuses whose Retry-After header
 // holds off every process sharing the key (see Transport). With no codes,
 // the Transport ignores Retry-After. A code outside 100 to 599 is an error.
@@ -150,8 +164,8 @@ func WithBackoffStatuses(codes ...int) TransportOption {
 // is cut to it.
 //
 // NewTransport returns an error for an interval or throttle option that New
-// rejects, a nil key function, a negative maximum Retry-After, and a backoff
-// status that is not an HTTP status.
+// rejects, a nil key function, a negative maximum or default Retry-After,
+// and a backoff status that is not an HTTP status.
 func NewTransport(base http.RoundTripper, interval time.Duration, opts ...TransportOption) (*Transport, error) {
 	cfg := transportConfig{
 		keyFunc:  HostKey,
@@ -172,6 +186,12 @@ func NewTransport(base http.RoundTripper, interval time.Duration, opts ...Transp
 		return nil, fmt.Errorf("throttle: max retry-after %v is above %v", cfg.maxRetry, MaxInterval)
 	case cfg.maxRetry == 0:
 		cfg.maxRetry = DefaultMaxRetryAfter
+	}
+	switch {
+	case cfg.defRetry < 0:
+		return nil, fmt.Errorf("throttle: negative default retry-after %v", cfg.defRetry)
+	case cfg.defRetry > MaxInterval:
+		return nil, fmt.Errorf("throttle: default retry-after %v is above %v", cfg.defRetry, MaxInterval)
 	}
 	for _, code := range cfg.statuses {
 		if code < 100 || code > 599 {
@@ -195,6 +215,7 @@ func NewTransport(base http.RoundTripper, interval time.Duration, opts ...Transp
 		keyFunc:  cfg.keyFunc,
 		prefix:   cfg.prefix,
 		maxRetry: cfg.maxRetry,
+		defRetry: cfg.defRetry,
 		statuses: cfg.statuses,
 		wait:     probe.cfg.wait,
 	}, nil
@@ -332,40 +353,42 @@ func (t *Transport) admit(ctx context.Context, th *Throttle) error {
 	return nil
 }
 
-// retryAfter returns the hold that resp asks for: its Retry-After when its
-// status is a backoff status, capped; 0 for none.
+// retryAfter returns the hold that resp asks for when its status is a
+// backoff status: its Retry-After, or the default when it has none that
+// can be read, capped; 0 for none.
 func (t *Transport) retryAfter(resp *http.Response) time.Duration {
 	if !slices.Contains(t.statuses, resp.StatusCode) {
-		return 0
-	}
-	v := resp.Header.Get("Retry-After")
-	if v == "" {
 		return 0
 	}
 	now := time.Now()
 	if date, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
 		now = date
 	}
-	return min(parseRetryAfter(v, now), t.maxRetry)
+	d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), now)
+	if !ok {
+		d = t.defRetry
+	}
+	return min(d, t.maxRetry)
 }
 
 // parseRetryAfter returns the delay of a Retry-After header value v:
-// delta-seconds, or an HTTP date minus now. It returns 0 for a date before
-// now and for a value that is neither, and MaxInterval for a longer delay.
-func parseRetryAfter(v string, now time.Time) time.Duration {
+// delta-seconds, or an HTTP date minus now; 0 for a date before now, and
+// MaxInterval for a longer delay. ok is false for a value that is neither
+// (an empty one included).
+func parseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
 	v = strings.TrimSpace(v)
 	n, err := strconv.ParseUint(v, 10, 64)
 	switch {
 	case err == nil && n > uint64(MaxInterval/time.Second):
-		return MaxInterval
+		return MaxInterval, true
 	case err == nil:
-		return time.Duration(n) * time.Second
+		return time.Duration(n) * time.Second, true
 	case errors.Is(err, strconv.ErrRange):
-		return MaxInterval
+		return MaxInterval, true
 	}
 	date, err := http.ParseTime(v)
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	return min(max(date.Sub(now), 0), MaxInterval)
+	return min(max(date.Sub(now), 0), MaxInterval), true
 }

@@ -206,6 +206,8 @@ func TestNewTransportErrors(t *testing.T) {
 		{"nil key func", time.Second, []TransportOption{WithKeyFunc(nil)}, "throttle: nil key func"},
 		{"negative max retry-after", time.Second, []TransportOption{WithMaxRetryAfter(-time.Second)}, "throttle: negative max retry-after -1s"},
 		{"huge max retry-after", time.Second, []TransportOption{WithMaxRetryAfter(MaxInterval + 1)}, "throttle: max retry-after 87600h0m0.000000001s is above 87600h0m0s"},
+		{"negative default retry-after", time.Second, []TransportOption{WithDefaultRetryAfter(-time.Second)}, "throttle: negative default retry-after -1s"},
+		{"huge default retry-after", time.Second, []TransportOption{WithDefaultRetryAfter(MaxInterval + 1)}, "throttle: default retry-after 87600h0m0.000000001s is above 87600h0m0s"},
 		{"bad status", time.Second, []TransportOption{WithBackoffStatuses(429, 99)}, "throttle: backoff status 99 is not an HTTP status"},
 	}
 	for _, tt := range tests {
@@ -257,23 +259,26 @@ func TestParseRetryAfter(t *testing.T) {
 	tests := []struct {
 		value string
 		want  time.Duration
+		ok    bool
 	}{
-		{"1", time.Second},
-		{" 120 ", 2 * time.Minute},
-		{"0", 0},
-		{"-1", 0},
-		{"1.5", 0},
-		{"soon", 0},
-		{"", 0},
-		{"99999999999999999999999", MaxInterval},
-		{"315360000000", MaxInterval},
-		{"Thu, 01 Jan 2026 12:00:30 GMT", 30 * time.Second},
-		{"Thursday, 01-Jan-26 12:01:00 GMT", time.Minute}, // RFC 850
-		{"Thu Jan  1 12:00:05 2026", 5 * time.Second},     // asctime
-		{"Thu, 01 Jan 2026 11:59:00 GMT", 0},              // in the past
+		{"1", time.Second, true},
+		{" 120 ", 2 * time.Minute, true},
+		{"0", 0, true},
+		{"-1", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"", 0, false},
+		{"99999999999999999999999", MaxInterval, true},
+		{"315360000000", MaxInterval, true},
+		{"Thu, 01 Jan 2026 12:00:30 GMT", 30 * time.Second, true},
+		{"Thursday, 01-Jan-26 12:01:00 GMT", time.Minute, true}, // RFC 850
+		{"Thu Jan  1 12:00:05 2026", 5 * time.Second, true},     // asctime
+		{"Thu, 01 Jan 2026 11:59:00 GMT", 0, true},              // in the past
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, parseRetryAfter(tt.value, now), "parseRetryAfter(%q)", tt.value)
+		d, ok := parseRetryAfter(tt.value, now)
+		assert.Equal(t, tt.want, d, "parseRetryAfter(%q)", tt.value)
+		assert.Equal(t, tt.ok, ok, "parseRetryAfter(%q) ok", tt.value)
 	}
 }
 
@@ -679,6 +684,10 @@ func TestTransportBackoffStatuses(t *testing.T) {
 		{"429 with an unreadable Retry-After", http.StatusTooManyRequests, "later", nil, false},
 		{"backoff turned off", http.StatusTooManyRequests, "60", []TransportOption{WithBackoffStatuses()}, false},
 		{"403 as a backoff status", http.StatusForbidden, "60", []TransportOption{WithBackoffStatuses(403)}, true},
+		{"429 without Retry-After, with a default", http.StatusTooManyRequests, "", []TransportOption{WithDefaultRetryAfter(time.Minute)}, true},
+		{"429 with an unreadable Retry-After, with a default", http.StatusTooManyRequests, "later", []TransportOption{WithDefaultRetryAfter(time.Minute)}, true},
+		{"429 with Retry-After: 0, with a default", http.StatusTooManyRequests, "0", []TransportOption{WithDefaultRetryAfter(time.Minute)}, false},
+		{"500 without Retry-After, with a default", http.StatusInternalServerError, "", []TransportOption{WithDefaultRetryAfter(time.Minute)}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
