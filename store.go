@@ -48,6 +48,15 @@ type Request struct {
 	MaxWait time.Duration
 }
 
+// A Clock tells the time. A Store that is also a Clock keeps time by it
+// rather than by this process's clock, as throttletest.Store does with its
+// fake clock. A Throttle on such a store runs its deny cache on Now, so
+// that moving the store's clock moves the cache with it. Now must never go
+// backwards.
+type Clock interface {
+	Now() time.Time
+}
+
 // Reservation is a store's answer to Take.
 type Reservation struct {
 	// OK reports whether a start was admitted (now, or booked Delay ahead).

@@ -56,7 +56,8 @@ type Throttle struct {
 	cfg      config
 	local    bool         // the store never blocks: no timeout needed
 	fallback *MemoryStore // decides while the store cannot (WithFallback)
-	epoch    time.Time    // origin of the deny cache's monotonic clock
+	epoch    time.Time    // origin of the monotonic clock of now and mono
+	clock    Clock        // the store's clock, if it has one; nil otherwise
 	// deniedUntil is the deny cache: until this time (ns since epoch, on
 	// the monotonic clock) the store is known to deny a start.
 	deniedUntil atomic.Int64
@@ -96,6 +97,10 @@ func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) 
 	}
 	_, local := cfg.store.(localStore)
 	t := &Throttle{key: key, interval: interval, cfg: cfg, local: local, epoch: time.Now()}
+	if c, ok := cfg.store.(Clock); ok {
+		t.clock = c
+		t.epoch = c.Now()
+	}
 	if cfg.fallback > 0 {
 		t.fallback = NewMemoryStore()
 	}
@@ -255,8 +260,23 @@ func (t *Throttle) request(maxWait time.Duration) Request {
 	return Request{Interval: t.interval, Limit: t.cfg.limit, MaxWait: maxWait}
 }
 
-// now returns the time on the monotonic clock, in ns since t.epoch.
-func (t *Throttle) now() int64 { return int64(time.Since(t.epoch)) }
+// now returns the time of the deny cache, in ns since t.epoch: the
+// monotonic clock, or the store's clock if it has one.
+func (t *Throttle) now() int64 {
+	if t.clock != nil {
+		return int64(t.clock.Now().Sub(t.epoch))
+	}
+	return int64(time.Since(t.epoch))
+}
+
+// start returns the time at which a decision begins, for its observed
+// latency: begin when now is the monotonic clock, which already read it.
+func (t *Throttle) start(begin int64) time.Time {
+	if t.clock != nil {
+		return time.Now()
+	}
+	return t.epoch.Add(time.Duration(begin))
+}
 
 // denyUntil raises the deny cache to until (ns since t.epoch); it never
 // lowers it.
@@ -273,13 +293,17 @@ func (t *Throttle) denyUntil(until int64) {
 // away. Its errors are ctx's or a *StoreError.
 func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation, error) {
 	var begin int64
+	var start time.Time // for the observer
 	if t.cfg.denyCache || t.cfg.observer != nil {
 		begin = t.now()
+	}
+	if t.cfg.observer != nil {
+		start = t.start(begin)
 	}
 	if t.cfg.denyCache {
 		if res, ok := t.cached(begin, maxWait); ok {
 			if t.cfg.observer != nil {
-				t.observe(res, true, nil, begin)
+				t.observe(res, true, nil, start)
 			}
 			return res, nil
 		}
@@ -313,7 +337,7 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 		}
 	}
 	if t.cfg.observer != nil {
-		t.observe(res, cached, err, begin)
+		t.observe(res, cached, err, start)
 	}
 	return res, err
 }
@@ -422,7 +446,7 @@ func (t *Throttle) lead(ctx context.Context, f chan struct{}, begin int64) (Rese
 	return t.ask(ctx, begin, 0)
 }
 
-func (t *Throttle) observe(res Reservation, cached bool, err error, begin int64) {
+func (t *Throttle) observe(res Reservation, cached bool, err error, start time.Time) {
 	e := Event{
 		Key:        t.key,
 		Allowed:    res.OK || (err != nil && t.degraded(res, err) == nil),
@@ -430,7 +454,7 @@ func (t *Throttle) observe(res Reservation, cached bool, err error, begin int64)
 		RetryAfter: res.RetryAfter,
 		Cached:     cached,
 		Err:        err,
-		Latency:    time.Duration(t.now() - begin),
+		Latency:    time.Since(start),
 	}
 	t.cfg.observer(e)
 }

@@ -23,13 +23,13 @@
 //
 // # The deny cache
 //
-// Options returns throttle.WithStore(s) and throttle.WithDenyCache(false).
-// The deny cache must be off in tests that call Advance. It remembers a denial
-// (and, with a limit of 1, an admission) on the process's real monotonic
-// clock, which Advance does not move. With the cache on, a throttle keeps
-// answering "throttled" after Advance, without asking the store, until the
-// retry-after has passed in real time. If you list the options yourself,
-// include throttle.WithDenyCache(false).
+// Options returns throttle.WithStore(s) and throttle.WithDenyCache(false),
+// so that every call reaches the store: Fail and SetLatency then act on
+// every call. A throttle made with throttle.WithStore(s) alone keeps its deny
+// cache, and runs it on the fake clock (Store is a throttle.Clock), so
+// Advance reopens the cache together with the store. Such a throttle answers
+// a call that the store denied recently from the cache, without asking the
+// store, as it would in production.
 //
 // # Waiting
 //

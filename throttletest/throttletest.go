@@ -101,9 +101,9 @@ func (s *Store) Close() {
 }
 
 // Options returns the options that make a throttle use s in a test:
-// throttle.WithStore(s) and throttle.WithDenyCache(false). The deny cache
-// runs on the real clock, which Advance does not move (see the package
-// documentation). Append other options to the result:
+// throttle.WithStore(s) and throttle.WithDenyCache(false), so that every
+// call reaches the store (see the package documentation). Append other
+// options to the result:
 //
 //	opts := append(s.Options(), throttle.WithLimit(3))
 func (s *Store) Options() []throttle.Option {
@@ -220,7 +220,8 @@ func (s *Store) advance(d time.Duration) {
 }
 
 // Now returns the time on the fake clock. The clock starts at 2026-01-01
-// 00:00:00 UTC and moves only with Advance (and SetAutoAdvance).
+// 00:00:00 UTC and moves only with Advance (and SetAutoAdvance). Now makes
+// s a throttle.Clock: throttles on s run their deny cache on it.
 func (s *Store) Now() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()

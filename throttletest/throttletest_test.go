@@ -92,16 +92,36 @@ func TestRetryAfterFollowsFakeClock(t *testing.T) {
 	}
 }
 
-func TestDenyCacheIgnoresAdvance(t *testing.T) {
-	// This is why Options turns the deny cache off: it runs on the real
-	// clock, so after Advance it still answers "throttled".
+func TestDenyCacheFollowsAdvance(t *testing.T) {
+	// Without Options the deny cache is on, and runs on the fake clock.
 	t.Parallel()
 	s := New(t)
-	send := throttle.Wrap("report", time.Minute, func() bool { return true }, throttle.WithStore(s))
-	require.True(t, send(), "first call")
-	s.Advance(time.Hour)
-	assert.False(t, send(), "call after Advance with the deny cache on: want throttled by the cache")
-	assert.Equal(t, 1, s.Count("report"), "Count")
+	ctx := t.Context()
+	th, err := throttle.New("report", time.Minute, throttle.WithStore(s))
+	require.NoError(t, err)
+	start := s.Now()
+	d, err := th.Allow(ctx)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "first call")
+
+	// The store fails from now on: only the cache can answer without an
+	// error.
+	s.Fail(errors.New("down"))
+	for _, step := range []time.Duration{0, 30 * time.Second, 30*time.Second - time.Millisecond} {
+		s.Advance(step)
+		d, err := th.Allow(ctx)
+		require.NoError(t, err, "%v into the interval: answered by the cache, not the failing store", s.Now().Sub(start))
+		assert.False(t, d.Allowed)
+		assert.Equal(t, start.Add(time.Minute).Sub(s.Now()), d.RetryAfter, "retry-after on the fake clock")
+	}
+	s.Advance(time.Millisecond)
+	_, err = th.Allow(ctx)
+	assert.ErrorIs(t, err, throttle.ErrStoreUnavailable, "once the interval has passed on the fake clock, the store is asked")
+	s.Fail(nil)
+	d, err = th.Allow(ctx)
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "call after the interval")
+	assert.Equal(t, 2, s.Count("report"), "Count")
 }
 
 func TestThrottlesSharingStoreShareLimit(t *testing.T) {
