@@ -62,6 +62,5 @@
 // With limit 1 a decision is one Redis round trip (SET NX PX, pipelined with
 // PTTL); with a larger limit, one Lua script. After a denial, the throttle
 // remembers until when the store will deny and answers locally until then
-// (see WithDenyCache), without a round trip or an allocation. Concurrent
-// Allow calls on a closed key share one store call.
+// (see WithDenyCache), without a round trip or an allocation.
 package throttle

@@ -36,8 +36,6 @@ type config struct {
 	fallback  int
 	timeout   time.Duration
 	denyCache bool
-	noShare   bool   // tests and benchmarks only: no shared store calls (see Throttle.shared)
-	onShare   func() // tests only: called when a call waits for another's store call
 	observer  func(Event)
 }
 
@@ -107,17 +105,9 @@ func WithTimeout(d time.Duration) Option {
 // call), the throttle answers "throttled" for the rest of r without asking
 // the store. It never admits a call by itself.
 //
-// With it on, concurrent Allow calls on a store shared with other processes
-// also share store calls: a call that arrives while another one's store
-// call is in flight waits for that answer (at most two answers in a row,
-// and never past its own timeout or context). If the cache then denies, so
-// does the call, without a round trip of its own; otherwise it asks the
-// store. For a limit above 1 calls share only after the store said that no
-// start was free. Waiting calls (WithWait, Wait) never share.
-//
 // Turn the cache off when another process may Reset the key and the next
 // call must see that at once; with it on, a Reset elsewhere is seen at most
-// r later. Turning it off also turns sharing off. Default: on.
+// r later. Default: on.
 func WithDenyCache(on bool) Option {
 	return optionFunc(func(c *config) { c.denyCache = on })
 }

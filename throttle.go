@@ -3,7 +3,6 @@ package throttle
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -32,9 +31,7 @@ type Event struct {
 	Delay time.Duration
 	// RetryAfter is, for a call not admitted, the store's retry-after.
 	RetryAfter time.Duration
-	// Cached reports whether the deny cache answered, without a store call
-	// of this decision's own (it may have waited for another call's; see
-	// WithDenyCache).
+	// Cached reports whether the deny cache answered, without the store.
 	Cached bool
 	// Err is the store's failure, if any (then Allowed is the policy's
 	// choice: false, or true with WithFailOpen).
@@ -61,13 +58,6 @@ type Throttle struct {
 	// deniedUntil is the deny cache: until this time (ns since epoch, on
 	// the monotonic clock) the store is known to deny a start.
 	deniedUntil atomic.Int64
-	// full records that the store's last answer left no start free (for
-	// a limit above 1), so that the next answer will likely close the key.
-	full atomic.Bool
-	// flight, when not nil, is closed when the store call in flight for an
-	// Allow returns; concurrent Allows wait for it (see shared).
-	mu     sync.Mutex
-	flight chan struct{}
 }
 
 // New returns a Throttle for key that admits at most one call (or the limit
@@ -313,16 +303,11 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 	}
 	var res Reservation
 	var err error
-	cached := false
 	if t.local {
 		res, err = t.ask(ctx, begin, maxWait)
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, t.cfg.timeout)
-		if t.shares(maxWait) {
-			res, cached, err = t.shared(cctx, begin)
-		} else {
-			res, err = t.ask(cctx, begin, maxWait)
-		}
+		res, err = t.ask(cctx, begin, maxWait)
 		cancel()
 	}
 	if err != nil {
@@ -337,7 +322,7 @@ func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation
 		}
 	}
 	if t.cfg.observer != nil {
-		t.observe(res, cached, err, start)
+		t.observe(res, false, err, start)
 	}
 	return res, err
 }
@@ -372,78 +357,6 @@ func (t *Throttle) learn(res Reservation, begin int64) {
 	case res.OK && t.cfg.limit == 1:
 		t.denyUntil(begin + int64(res.Delay+t.interval))
 	}
-	if t.cfg.limit > 1 {
-		t.full.Store(!res.OK || res.Delay > 0 || res.Remaining == 0)
-	}
-}
-
-// shares reports whether a call may wait for the answer to a store call
-// already in flight instead of asking the store itself: Allow calls, with
-// the deny cache, when that answer will likely close the key (always for a
-// limit of 1, and for more after an answer that left no start free).
-func (t *Throttle) shares(maxWait time.Duration) bool {
-	return maxWait == 0 && t.cfg.denyCache && !t.cfg.noShare && (t.cfg.limit == 1 || t.full.Load())
-}
-
-// maxJoins is how many store calls in flight an Allow waits for, one after
-// the other, before it asks the store itself.
-const maxJoins = 2
-
-// shared decides an Allow (a call with maxWait 0) on a store that is shared
-// with other processes. The first caller asks the store; callers that
-// arrive while its question is in flight wait for the answer, then ask the
-// deny cache, and only if it does not deny do they go on: one asks the
-// store while the others wait for it in turn, and after maxJoins answers
-// each asks the store itself. So a burst of concurrent Allows on a closed
-// key costs one or two store calls, not one each.
-//
-// The denial they share is the deny cache's, which is sound at any time
-// (see learn): a waiting call began before the answer arrived, and denying
-// it then is what the store would have done at that time. Waiting calls
-// (maxWait > 0) never share: each books its own start. cached reports an
-// answer from the cache.
-func (t *Throttle) shared(ctx context.Context, begin int64) (res Reservation, cached bool, err error) {
-	for range maxJoins {
-		t.mu.Lock()
-		f := t.flight
-		if f == nil {
-			f = make(chan struct{})
-			t.flight = f
-			t.mu.Unlock()
-			res, err = t.lead(ctx, f, begin)
-			return res, false, err
-		}
-		t.mu.Unlock()
-		if t.cfg.onShare != nil {
-			t.cfg.onShare()
-		}
-		select {
-		case <-f:
-		case <-ctx.Done():
-			return Reservation{}, false, ctx.Err()
-		}
-		begin = t.now()
-		if res, ok := t.cached(begin, 0); ok {
-			return res, true, nil
-		}
-		if !t.shares(0) {
-			break
-		}
-	}
-	res, err = t.ask(ctx, begin, 0)
-	return res, false, err
-}
-
-// lead asks the store for the calls that wait for flight f, and closes f
-// once the answer is in the deny cache.
-func (t *Throttle) lead(ctx context.Context, f chan struct{}, begin int64) (Reservation, error) {
-	defer func() {
-		t.mu.Lock()
-		t.flight = nil
-		t.mu.Unlock()
-		close(f)
-	}()
-	return t.ask(ctx, begin, 0)
 }
 
 func (t *Throttle) observe(res Reservation, cached bool, err error, start time.Time) {
