@@ -40,19 +40,25 @@ local slot = now
 if first then
   local len = redis.call('LLEN', key)
   n = len - expired
-  local last = first
+  local last, nth = first, first
   if n > 1 then
     last = tonumber(redis.call('LINDEX', key, '-1'))
   end
-  if last > slot then
-    slot = last
+  if n > limit then
+    nth = tonumber(redis.call('LINDEX', key, string.format('%d', len - limit)))
   end
-  if n >= limit then
-    local nth = first
-    if n > limit then
-      nth = tonumber(redis.call('LINDEX', key, string.format('%d', len - limit)))
+  if n < 1 or not last or not nth then
+    -- The key expired during the script: every start in it had left the
+    -- window. Redis stops its clock while a script runs, so this happens
+    -- only on servers that do not (such as miniredis with a real-time
+    -- clock). Start a new list.
+    n = 0
+    expired = 0
+  else
+    if last > slot then
+      slot = last
     end
-    if nth + interval > slot then
+    if n >= limit and nth + interval > slot then
       slot = nth + interval
     end
   end
@@ -64,8 +70,9 @@ if delay > maxwait then
 end
 local entry = string.format('%d', slot)
 local ttl = string.format('%d', math.ceil((slot + interval - now) / 1000))
-redis.call('RPUSH', key, entry)
-if expired > 0 then
+-- A list no longer than the expired starts is a new one: the old list
+-- expired during the script, as above, and there is nothing to trim.
+if redis.call('RPUSH', key, entry) > expired and expired > 0 then
   redis.call('LTRIM', key, string.format('%d', expired), '-1')
 end
 if redis.call('PEXPIRE', key, ttl) == 0 then
