@@ -50,13 +50,22 @@ end
 for _, v in ipairs(above) do
   vals[#vals + 1] = v
 end
--- unpack is bounded by the Lua stack: push at most 1000 at a time.
-for i = 1, #vals, 1000 do
-  local last = math.min(i + 999, #vals)
-  local len = redis.call('RPUSH', key, unpack(vals, i, last))
-  if i == 1 and len == last then
-    oldlen = 0 -- the old list was gone (expired during the script)
+-- push appends vals to the list and returns whether the list was new (the
+-- old one expired during the script). unpack is bounded by the Lua stack:
+-- it pushes at most 1000 at a time.
+local function push()
+  local new = false
+  for i = 1, #vals, 1000 do
+    local last = math.min(i + 999, #vals)
+    local len = redis.call('RPUSH', key, unpack(vals, i, last))
+    if i == 1 and len == last then
+      new = true
+    end
   end
+  return new
+end
+if push() then
+  oldlen = 0
 end
 if oldlen > 0 then
   redis.call('LTRIM', key, string.format('%d', oldlen), '-1')
@@ -72,5 +81,11 @@ local ttl = math.ceil((newest + interval - now) / 1000)
 if pttl > ttl then
   ttl = pttl
 end
-redis.call('PEXPIRE', key, string.format('%d', ttl))
+if redis.call('PEXPIRE', key, string.format('%d', ttl)) == 0 then
+  -- The key expired during the script, taking the marks with it. Redis
+  -- stops its clock while a script runs, so this happens only on servers
+  -- that do not (such as miniredis with a real-time clock).
+  push()
+  redis.call('PEXPIRE', key, string.format('%d', ttl))
+end
 return ttl
