@@ -53,10 +53,10 @@ type Throttle struct {
 	cfg      config
 	local    bool         // the store never blocks: no timeout needed
 	fallback *MemoryStore // decides while the store cannot (WithFallback)
-	epoch    time.Time    // origin of the monotonic clock of now and mono
+	epoch    time.Time    // origin of now
 	clock    Clock        // the store's clock, if it has one; nil otherwise
 	// deniedUntil is the deny cache: until this time (ns since epoch, on
-	// the monotonic clock) the store is known to deny a start.
+	// the clock of now) the store is known to deny a start.
 	deniedUntil atomic.Int64
 }
 

@@ -159,9 +159,10 @@ func WithBackoffStatuses(codes ...int) TransportOption {
 // Retry-After holds off the key, for every process sharing the store, for
 // the header's delay: delta-seconds, or an HTTP date minus the response's
 // Date header (the server's own clock; the local clock when the response
-// has no valid Date). A date in the past, a zero delay or a header that is
-// neither is ignored, and a delay above the maximum (see WithMaxRetryAfter)
-// is cut to it.
+// has no valid Date). A date in the past or a zero delay sets no hold. A
+// missing header, or one that is neither, sets the hold of
+// WithDefaultRetryAfter, by default none. A delay above the maximum (see
+// WithMaxRetryAfter) is cut to it.
 //
 // NewTransport returns an error for an interval or throttle option that New
 // rejects, a nil key function, a negative maximum or default Retry-After,
@@ -260,8 +261,9 @@ func HostKey(req *http.Request) string {
 // context ended while it waited, or an error matching ErrStoreUnavailable
 // when the store failed (unless WithFailOpen or WithFallback is among the
 // throttle options). The base transport's response and error are returned
-// unchanged; after a response with a backoff status and a Retry-After, the
-// hold is set (see Throttle.Block) before RoundTrip returns.
+// unchanged; after a response with a backoff status and a Retry-After (or
+// WithDefaultRetryAfter), the hold is set (see Throttle.Block) before
+// RoundTrip returns.
 //
 // A waiting request whose turn was booked before another request got a
 // Retry-After does not take that turn when it comes: it waits until the
@@ -383,7 +385,7 @@ func parseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
 		return MaxInterval, true
 	case err == nil:
 		return time.Duration(n) * time.Second, true
-	case errors.Is(err, strconv.ErrRange):
+	case errors.Is(err, strconv.ErrRange) && allDigits(v):
 		return MaxInterval, true
 	}
 	date, err := http.ParseTime(v)
@@ -391,4 +393,14 @@ func parseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
 		return 0, false
 	}
 	return min(max(date.Sub(now), 0), MaxInterval), true
+}
+
+// allDigits reports whether v is one or more ASCII digits.
+func allDigits(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return v != ""
 }

@@ -269,6 +269,7 @@ func TestParseRetryAfter(t *testing.T) {
 		{"soon", 0, false},
 		{"", 0, false},
 		{"99999999999999999999999", MaxInterval, true},
+		{"99999999999999999999999x", 0, false},
 		{"315360000000", MaxInterval, true},
 		{"Thu, 01 Jan 2026 12:00:30 GMT", 30 * time.Second, true},
 		{"Thursday, 01-Jan-26 12:01:00 GMT", time.Minute, true}, // RFC 850

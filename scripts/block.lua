@@ -50,22 +50,27 @@ end
 for _, v in ipairs(above) do
   vals[#vals + 1] = v
 end
--- push appends vals to the list and returns whether the list was new (the
--- old one expired during the script). unpack is bounded by the Lua stack:
--- it pushes at most 1000 at a time.
+-- push appends vals to the list, and reports whether the list held the
+-- old starts all along. It does not if the old list expired during the
+-- script, before or between the pushes. unpack is bounded by the Lua stack:
+-- push sends at most 1000 values at a time.
 local function push()
-  local new = false
+  local intact = true
   for i = 1, #vals, 1000 do
     local last = math.min(i + 999, #vals)
-    local len = redis.call('RPUSH', key, unpack(vals, i, last))
-    if i == 1 and len == last then
-      new = true
+    if redis.call('RPUSH', key, unpack(vals, i, last)) ~= oldlen + last then
+      intact = false
     end
   end
-  return new
+  return intact
 end
-if push() then
+if not push() then
+  -- The old list expired during the script, which Redis, whose clock
+  -- stops while a script runs, never does (miniredis with a real-time
+  -- clock can). The list holds part of vals at most: write it anew.
+  redis.call('DEL', key)
   oldlen = 0
+  push()
 end
 if oldlen > 0 then
   redis.call('LTRIM', key, string.format('%d', oldlen), '-1')
@@ -85,6 +90,7 @@ if redis.call('PEXPIRE', key, string.format('%d', ttl)) == 0 then
   -- The key expired during the script, taking the marks with it. Redis
   -- stops its clock while a script runs, so this happens only on servers
   -- that do not (such as miniredis with a real-time clock).
+  oldlen = 0
   push()
   redis.call('PEXPIRE', key, string.format('%d', ttl))
 end

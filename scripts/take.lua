@@ -40,14 +40,19 @@ local slot = now
 if first then
   local len = redis.call('LLEN', key)
   n = len - expired
+  local vanished = n < 1
   local last, nth = first, first
-  if n > 1 then
-    last = tonumber(redis.call('LINDEX', key, '-1'))
+  if not vanished and n > 1 then
+    local v = redis.call('LINDEX', key, '-1')
+    vanished = not v
+    last = tonumber(v)
   end
-  if n > limit then
-    nth = tonumber(redis.call('LINDEX', key, string.format('%d', len - limit)))
+  if not vanished and n > limit then
+    local v = redis.call('LINDEX', key, string.format('%d', len - limit))
+    vanished = not v
+    nth = tonumber(v)
   end
-  if n < 1 or not last or not nth then
+  if vanished then
     -- The key expired during the script: every start in it had left the
     -- window. Redis stops its clock while a script runs, so this happens
     -- only on servers that do not (such as miniredis with a real-time
