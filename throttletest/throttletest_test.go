@@ -124,6 +124,36 @@ func TestDenyCacheFollowsAdvance(t *testing.T) {
 	assert.Equal(t, 2, s.Count("report"), "Count")
 }
 
+func TestDenyCacheOfADenialFollowsAdvance(t *testing.T) {
+	// A denial by the store (limit 2) is cached on the fake clock too.
+	t.Parallel()
+	s := New(t)
+	ctx := t.Context()
+	th, err := throttle.New("report", time.Minute, throttle.WithStore(s), throttle.WithLimit(2))
+	require.NoError(t, err)
+	start := s.Now()
+	for i := range 2 {
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "call %d", i+1)
+	}
+	s.Advance(10 * time.Second)
+	d, err := th.Allow(ctx)
+	require.NoError(t, err)
+	require.False(t, d.Allowed, "third call: denied by the store")
+	assert.Equal(t, 50*time.Second, d.RetryAfter, "the store's retry-after")
+
+	s.Fail(errors.New("down"))
+	s.Advance(50*time.Second - time.Millisecond)
+	d, err = th.Allow(ctx)
+	require.NoError(t, err, "answered by the cache, not the failing store")
+	assert.Equal(t, time.Millisecond, d.RetryAfter, "the cache's retry-after on the fake clock")
+	s.Advance(time.Millisecond)
+	_, err = th.Allow(ctx)
+	assert.ErrorIs(t, err, throttle.ErrStoreUnavailable, "at the end of the retry-after the store is asked")
+	assert.Equal(t, start.Add(time.Minute), s.Now())
+}
+
 func TestThrottlesSharingStoreShareLimit(t *testing.T) {
 	t.Parallel()
 	s := New(t)
