@@ -27,6 +27,18 @@ func inject(t *testing.T, src, anchor, code string) string {
 	return strings.Replace(src, anchor, code+"\n"+anchor, 1)
 }
 
+// stoppedMiniredis returns a miniredis server whose clock stands at
+// 2026-01-01 00:00 UTC, a client of it, and that time.
+func stoppedMiniredis(t *testing.T) (*miniredis.Miniredis, *redis.Client, time.Time) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mr.SetTime(now)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return mr, c, now
+}
+
 func TestTakeScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 	const del = "redis.call('DEL', key)"
 	points := map[string]string{
@@ -39,11 +51,7 @@ func TestTakeScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 	}
 	for name, anchor := range points {
 		t.Run(name, func(t *testing.T) {
-			mr := miniredis.RunT(t)
-			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-			mr.SetTime(now)
-			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-			t.Cleanup(func() { _ = c.Close() })
+			mr, c, now := stoppedMiniredis(t)
 			ctx := context.Background()
 			us := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).UnixMicro(), 10) }
 			// Limit 2 per second: one start that left the window, two in it,
@@ -83,11 +91,7 @@ func TestBlockScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 		"before the expiry":     "",
 	} {
 		t.Run(name, func(t *testing.T) {
-			mr := miniredis.RunT(t)
-			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-			mr.SetTime(now)
-			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-			t.Cleanup(func() { _ = c.Close() })
+			mr, c, now := stoppedMiniredis(t)
 			ctx := context.Background()
 			starts := make([]any, 100)
 			for i := range starts {
