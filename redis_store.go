@@ -125,11 +125,14 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 // Block, so the next Take is admitted.
 func (s *RedisStore) Reset(ctx context.Context, key string) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		// Two commands: on Redis Cluster the keys may live in two slots.
-		if err := s.client.Del(ctx, s.Key(key)+blockSuffix).Err(); err != nil {
-			return err
-		}
-		return s.client.Del(ctx, s.Key(key)).Err()
+		// Two DELs in one round trip, not one DEL of two keys: on Redis
+		// Cluster the keys may live in two slots.
+		rkey := s.Key(key)
+		pipe := s.client.Pipeline()
+		pipe.Del(ctx, rkey+blockSuffix)
+		pipe.Del(ctx, rkey)
+		_, err := pipe.Exec(ctx)
+		return err
 	})
 }
 

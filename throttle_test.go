@@ -3,16 +3,18 @@ package throttle
 import (
 	"context"
 	"errors"
-	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle/internal/faultproxy"
 )
 
 func TestNewRejectsBadInput(t *testing.T) {
@@ -175,37 +177,12 @@ func TestStoreFailure(t *testing.T) {
 	}
 }
 
-// blackHole accepts connections and never answers, like a hung Redis.
-func blackHole(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 func TestTimeoutBoundsHungRedis(t *testing.T) {
-	addr := blackHole(t)
+	// A proxy that holds every byte: to the client, a server that stopped
+	// answering.
+	hung := faultproxy.Start(t, miniredis.RunT(t).Addr())
+	hung.Stall()
+	addr := hung.Addr
 	for _, ctxTimeouts := range []bool{true, false} {
 		c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: ctxTimeouts,
 			ReadTimeout: 2 * time.Second, MaxRetries: -1})

@@ -80,7 +80,7 @@ func TestTakeScriptRejectsAForeignList(t *testing.T) {
 	now := time.Now()
 	require.NoError(t, c.RPush(ctx, "k", strconv.FormatInt(now.Add(-30*time.Second).UnixMicro(), 10), "garbage").Err())
 	_, err := NewRedisStore(c, WithKeyPrefix("")).Take(ctx, "k", Request{Interval: time.Minute, Limit: 2})
-	assert.Error(t, err)
+	assert.ErrorContains(t, err, "attempt to compare", "the script stops at the start that is not a number")
 }
 
 func TestBlockScriptSurvivesKeyExpiringMidScript(t *testing.T) {

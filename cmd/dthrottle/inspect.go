@@ -59,6 +59,10 @@ const inspectAbout = `Shows the state of throttle KEY in Redis: its Redis key (t
 the key's type and expiry, and, for a limit above 1, the recorded start times
 (server microseconds), relative to the server's TIME.`
 
+// holdSuffix follows a throttle's Redis key in the name of the marker key
+// of a hold set by Throttle.Block (see RedisStore.Block).
+const holdSuffix = "\x00block"
+
 // runInspect is dthrottle inspect.
 func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	k, status := parseKeyCmd("inspect", inspectAbout, true, args, stderr)
@@ -91,7 +95,7 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	}
 	// A hold set by Throttle.Block (after a 429, say) is recorded in a
 	// marker key next to the throttle's key, expiring with the hold.
-	hold, err := client.PTTL(ctx, rkey+"\x00block").Result()
+	hold, err := client.PTTL(ctx, rkey+holdSuffix).Result()
 	if err != nil {
 		return err
 	}
@@ -243,10 +247,15 @@ func runReset(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	defer client.Close()
-	rkey := throttle.NewRedisStore(client, throttle.WithKeyPrefix(k.prefix)).Key(k.key)
+	store := throttle.NewRedisStore(client, throttle.WithKeyPrefix(k.prefix))
+	rkey := store.Key(k.key)
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, err := client.Del(dctx, rkey).Result()
+	// What there is to reset: the throttle's key and the marker of a hold.
+	n, err := client.Exists(dctx, rkey, rkey+holdSuffix).Result()
+	if err == nil {
+		err = store.Reset(dctx, k.key)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "dthrottle reset: deleting %s: %v\n", strconv.Quote(rkey), err)
 		return exitUsage
@@ -254,7 +263,7 @@ func runReset(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if n == 0 {
 		fmt.Fprintf(stdout, "nothing to reset: %s does not exist\n", strconv.Quote(rkey))
 	} else {
-		fmt.Fprintf(stdout, "reset: deleted %s; the next call of %s is admitted\n", strconv.Quote(rkey), strconv.Quote(k.key))
+		fmt.Fprintf(stdout, "reset: deleted %s and any hold; the next call of %s is admitted\n", strconv.Quote(rkey), strconv.Quote(k.key))
 	}
 	return exitOK
 }

@@ -361,6 +361,21 @@ func testInspectAndReset(t *testing.T, addr string) {
 	assert.Contains(t, out, "type          none")
 	assert.Contains(t, out, "free now")
 
+	// Reset ends a hold too.
+	code, out, errOut = runCmd(ctx, "reset", "k1", "--redis", url)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, `deleted "throttle:k1"`)
+	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1")
+	require.Equal(t, exitOK, code, errOut)
+	assert.NotContains(t, out, "hold ", "inspect after reset of a held key")
+	// t1's own deny cache still holds it off; another process's throttle
+	// is admitted.
+	other, err := throttle.New("k1", time.Minute, throttle.WithStore(store))
+	require.NoError(t, err)
+	d, err = other.Allow(ctx)
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "a call of another throttle after reset of a held key")
+
 	// Bad usage and an unreachable server.
 	for _, args := range [][]string{
 		{"inspect", "--redis", url},
