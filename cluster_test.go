@@ -141,12 +141,12 @@ func TestClusterSlotMigration(t *testing.T) {
 		{"{m}limit2-wait", 2, true},   // take.lua with bookings
 		{"{m}limit1-other", 1, false}, // a second SET NX key
 	}
-	slot, err := cl.KeySlot(store.Key(keys[0].key))
+	slot, err := cl.KeySlot(store.name(keys[0].key, ""))
 	require.NoError(t, err)
 	for _, k := range keys[1:] {
-		s, err := cl.KeySlot(store.Key(k.key))
+		s, err := cl.KeySlot(store.name(k.key, ""))
 		require.NoError(t, err)
-		require.Equal(t, slot, s, "slot of %q", store.Key(k.key))
+		require.Equal(t, slot, s, "slot of %q", store.name(k.key, ""))
 	}
 	src, err := cl.SlotOwner(slot)
 	require.NoError(t, err)

@@ -78,12 +78,13 @@ func ExampleNew() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(t.Key(), t.Interval(), t.Limit())
+	d, _ := t.Allow(context.Background())
+	fmt.Println(d.Allowed)
 
 	_, err = throttle.New("", time.Hour)
 	fmt.Println(err)
 	// Output:
-	// nightly-sync 24h0m0s 2
+	// true
 	// throttle: empty key
 }
 
@@ -103,13 +104,12 @@ func ExampleThrottle_Allow() {
 			fmt.Println(err) // the store failed
 			return
 		}
-		fmt.Printf("alert %d: allowed=%t remaining=%d retry later=%t\n",
-			i, d.Allowed, d.Remaining, d.RetryAfter > 0)
+		fmt.Printf("alert %d: allowed=%t retry later=%t\n", i, d.Allowed, d.RetryAfter > 0)
 	}
 	// Output:
-	// alert 1: allowed=true remaining=1 retry later=false
-	// alert 2: allowed=true remaining=0 retry later=false
-	// alert 3: allowed=false remaining=0 retry later=true
+	// alert 1: allowed=true retry later=false
+	// alert 2: allowed=true retry later=false
+	// alert 3: allowed=false retry later=true
 }
 
 // Wait blocks until the call may start: here every poll starts at least

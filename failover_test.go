@@ -179,7 +179,7 @@ func TestSentinelFailover(t *testing.T) {
 	pipe := c.Pipeline()
 	exists := make([]*redis.IntCmd, len(fresh))
 	for i, k := range fresh {
-		exists[i] = pipe.Exists(ctx, store.Key(k))
+		exists[i] = pipe.Exists(ctx, store.name(k, ""))
 	}
 	_, err := pipe.Exec(ctx)
 	require.NoError(t, err, "EXISTS of the fresh keys on the new primary")

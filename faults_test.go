@@ -67,7 +67,7 @@ func TestSlowLinkBoundedByTimeout(t *testing.T) {
 			ctx := context.Background()
 			for _, th := range ths {
 				_, err := faultDecide(ctx, th)
-				require.NoError(t, err, "%q on a fast link", th.Key())
+				require.NoError(t, err, "%q on a fast link", th.key)
 			}
 			var mu sync.Mutex
 			var slowest time.Duration
@@ -78,15 +78,15 @@ func TestSlowLinkBoundedByTimeout(t *testing.T) {
 				mu.Lock()
 				slowest = max(slowest, elapsed)
 				mu.Unlock()
-				assert.ErrorIs(t, err, ErrStoreUnavailable, "%q with %s", th.Key(), fault)
+				assert.ErrorIs(t, err, ErrStoreUnavailable, "%q with %s", th.key, fault)
 				if failOpen {
 					// Wait reports fail-open as nil, Allow as an error
 					// with an admitting decision.
-					assert.True(t, ok || err == nil, "%q with %s and WithFailOpen: not admitted", th.Key(), fault)
+					assert.True(t, ok || err == nil, "%q with %s and WithFailOpen: not admitted", th.key, fault)
 				} else {
-					assert.False(t, ok, "%q with %s: admitted (want fail closed)", th.Key(), fault)
+					assert.False(t, ok, "%q with %s: admitted (want fail closed)", th.key, fault)
 				}
-				assert.Less(t, elapsed, time.Second, "%q with %s and a %v timeout took %v", th.Key(), fault, timeout, elapsed)
+				assert.Less(t, elapsed, time.Second, "%q with %s and a %v timeout took %v", th.key, fault, timeout, elapsed)
 			}
 			run := func(fault string) {
 				for _, th := range ths {
@@ -116,7 +116,7 @@ func TestSlowLinkBoundedByTimeout(t *testing.T) {
 
 			for _, th := range ths {
 				d := faultWaitRecovered(t, ctx, th, 5*time.Second)
-				t.Logf("%q decided again %v after the link was fast", th.Key(), d)
+				t.Logf("%q decided again %v after the link was fast", th.key, d)
 			}
 		})
 	}
@@ -287,14 +287,10 @@ func TestDroppedConnectionsNeverRunFnTwice(t *testing.T) {
 	ctx := context.Background()
 	var runs, admitted, lost int64
 	for _, k := range keys {
-		rkey := store.Key(k.name)
-		var n int64
-		if k.limit == 1 {
-			n, err = direct.Exists(ctx, rkey).Result()
-		} else {
-			n, err = direct.LLen(ctx, rkey).Result()
-		}
-		require.NoError(t, err, "reading %q", rkey)
+		// Each admitted start holds one slot for the hour.
+		slots := store.slots(k.name, k.limit)
+		n, err := direct.Exists(ctx, slots...).Result()
+		require.NoError(t, err, "reading %q", slots)
 		r := k.runs.Load()
 		assert.LessOrEqual(t, r, int64(k.limit), "fn runs of %q with limit %d per hour", k.name, k.limit)
 		assert.LessOrEqual(t, r, n, "fn runs of %q against the store's admissions", k.name)

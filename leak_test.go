@@ -109,7 +109,7 @@ func faultThrottles(t *testing.T, s Store, prefix string, interval, timeout time
 // decide makes one decision on th the way Wrap does: Wait for a throttle
 // with a wait, Allow otherwise. It reports whether the call may run.
 func faultDecide(ctx context.Context, th *Throttle) (bool, error) {
-	if th.cfg.wait > 0 {
+	if th.c.cfg.wait > 0 {
 		err := th.Wait(ctx)
 		return err == nil, err
 	}
@@ -133,7 +133,7 @@ func TestOutageWithoutContextTimeouts(t *testing.T) {
 			ctx := context.Background()
 			for _, th := range ths {
 				_, err := faultDecide(ctx, th)
-				require.NoError(t, err, "%q with the server up", th.Key())
+				require.NoError(t, err, "%q with the server up", th.key)
 			}
 
 			srv.Kill()
@@ -144,9 +144,9 @@ func TestOutageWithoutContextTimeouts(t *testing.T) {
 					ok, err := faultDecide(ctx, th)
 					elapsed := time.Since(start)
 					slowest = max(slowest, elapsed)
-					assert.ErrorIs(t, err, ErrStoreUnavailable, "call %d on %q with the server down", i, th.Key())
-					assert.False(t, ok, "call %d on %q with the server down: admitted (want fail closed)", i, th.Key())
-					assert.Less(t, elapsed, time.Second, "call %d on %q with a %v timeout took %v", i, th.Key(), timeout, elapsed)
+					assert.ErrorIs(t, err, ErrStoreUnavailable, "call %d on %q with the server down", i, th.key)
+					assert.False(t, ok, "call %d on %q with the server down: admitted (want fail closed)", i, th.key)
+					assert.Less(t, elapsed, time.Second, "call %d on %q with a %v timeout took %v", i, th.key, timeout, elapsed)
 				}
 			}
 
@@ -173,6 +173,6 @@ func faultWaitRecovered(t *testing.T, ctx context.Context, th *Throttle, limit t
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Errorf("%q: no decision succeeded within %v after the fault ended; last error: %v", th.Key(), limit, err)
+	t.Errorf("%q: no decision succeeded within %v after the fault ended; last error: %v", th.key, limit, err)
 	return limit
 }

@@ -42,6 +42,10 @@ func (k *memKey) compact() {
 	k.head = 0
 }
 
+// memHoldSuffix ends the name under which a MemoryStore records the hold
+// of a key. The NUL byte keeps it apart from the keys users choose.
+const memHoldSuffix = "\x00hold"
+
 // minSweep is the map size below which the store never sweeps.
 const minSweep = 64
 
@@ -91,9 +95,6 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 	k.times = append(k.times, slot)
 	k.expires = slot + interval
 	res := Reservation{OK: true, Delay: time.Duration(delay), Slot: slot}
-	if delay == 0 {
-		res.Remaining = req.Limit - (n + 1)
-	}
 	m.mu.Unlock()
 	return res, nil
 }
@@ -109,19 +110,19 @@ func (m *MemoryStore) Cancel(_ context.Context, key string, _ Request, res Reser
 	return nil
 }
 
-// Reset forgets every start of key, and any hold set by Block, so the next
-// Take is admitted. It never fails.
-func (m *MemoryStore) Reset(_ context.Context, key string) error {
+// Reset implements Resetter: it forgets every start and any hold of key,
+// so the next Take is admitted. It never fails.
+func (m *MemoryStore) Reset(_ context.Context, key string, _ Request) error {
 	m.mu.Lock()
 	delete(m.keys, key)
-	delete(m.keys, key+blockSuffix)
+	delete(m.keys, key+memHoldSuffix)
 	m.mu.Unlock()
 	return nil
 }
 
-// Len returns the number of keys the store holds, including keys that
+// len returns the number of keys the store holds, including keys that
 // expired but were not removed yet.
-func (m *MemoryStore) Len() int {
+func (m *MemoryStore) len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.keys)

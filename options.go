@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"time"
 )
 
@@ -119,11 +120,9 @@ func WithObserver(fn func(Event)) Option {
 	return optionFunc(func(c *config) { c.observer = fn })
 }
 
-// validate reports the first problem with key, interval and c, or nil.
-func validate(key string, interval time.Duration, c *config) error {
+// validate reports the first problem with interval and c, or nil.
+func validate(interval time.Duration, c *config) error {
 	switch {
-	case key == "":
-		return errors.New("throttle: empty key")
 	case interval < time.Millisecond:
 		return fmt.Errorf("throttle: interval %v is below 1ms", interval)
 	case interval > MaxInterval:
@@ -151,15 +150,15 @@ func validate(key string, interval time.Duration, c *config) error {
 	return nil
 }
 
-// isNil reports whether s is nil, including a typed nil pointer.
+// isNil reports whether s is nil, including a typed nil (such as a nil
+// pointer to any Store implementation).
 func isNil(s Store) bool {
-	switch v := s.(type) {
-	case nil:
+	if s == nil {
 		return true
-	case *RedisStore:
-		return v == nil
-	case *MemoryStore:
-		return v == nil
+	}
+	switch v := reflect.ValueOf(s); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return v.IsNil()
 	}
 	return false
 }

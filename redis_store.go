@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,20 +17,45 @@ import (
 // unless WithKeyPrefix sets another.
 const DefaultKeyPrefix = "throttle:"
 
+// maxSlots is the largest limit kept as slot keys (see scripts/slots.lua);
+// larger limits keep a list of their starts (scripts/take.lua).
+const maxSlots = 64
+
 var (
+	//go:embed scripts/slots.lua
+	slotsSource string
+	//go:embed scripts/unbook.lua
+	unbookSource string
+	//go:embed scripts/hold.lua
+	holdSource string
 	//go:embed scripts/take.lua
 	takeSource string
 	//go:embed scripts/cancel.lua
 	cancelSource string
-	//go:embed scripts/book1.lua
-	book1Source string
-	//go:embed scripts/cancel1.lua
-	cancel1Source string
+	//go:embed scripts/block.lua
+	blockSource string
 
-	takeScript    = redis.NewScript(takeSource)
-	cancelScript  = redis.NewScript(cancelSource)
-	book1Script   = redis.NewScript(book1Source)
-	cancel1Script = redis.NewScript(cancel1Source)
+	slotsScript  = redis.NewScript(slotsSource)
+	unbookScript = redis.NewScript(unbookSource)
+	holdScript   = redis.NewScript(holdSource)
+	takeScript   = redis.NewScript(takeSource)
+	cancelScript = redis.NewScript(cancelSource)
+	blockScript  = redis.NewScript(blockSource)
+)
+
+// slotSuffix[i] ends the name of slot i of a throttle; slot 0 has none.
+var slotSuffix = func() [maxSlots]string {
+	var s [maxSlots]string
+	for i := 1; i < maxSlots; i++ {
+		s[i] = ":" + strconv.Itoa(i)
+	}
+	return s
+}()
+
+// Suffixes of a throttle's other keys.
+const (
+	holdSuffix = ":hold" // the record of a hold, for Held
+	listSuffix = ":list" // the starts of a limit above maxSlots
 )
 
 // RedisStore is a Store kept in Redis, shared by every process that uses the
@@ -36,25 +63,31 @@ var (
 // server's clock, never the callers', so skewed clocks on the workers do not
 // matter.
 //
-// Each throttle key is one Redis key, the prefix followed by the throttle's
-// key bytes, with an expiry: an idle throttle leaves nothing behind.
-//   - Limit 1: a string written with SET key 1 NX PX interval, which is the
-//     whole decision (one round trip, pipelined with PTTL for the
-//     retry-after). Waiting calls book with a short script instead.
-//   - Limit N > 1: a list of the start times (server microseconds) still in
-//     the window, updated by one Lua script that reads the server's TIME.
+// The keys of a throttle with key k are named after the prefix and k in a
+// hash tag, P{k}, so that they share one Cluster slot; a k that starts with
+// '}' or '\' gets a '\' in front inside the tag. Every key has an expiry: an
+// idle throttle leaves nothing behind.
+//   - Limit N up to 64: N slot keys, P{k} and P{k}:1 to P{k}:N-1, each a
+//     limit-1 throttle written with SET slot 1 NX PX interval. A start holds
+//     one free slot for its interval, so a slot is free exactly when the
+//     sliding window admits a start. An admitted call is that one command
+//     on the slot its process expects to be free; only when that slot is
+//     held does a short script look at all N.
+//   - Limit above 64: P{k}:list, a list of the start times (server
+//     microseconds) still in the window, kept by a script.
+//   - P{k}:hold records a hold (see Throttle.Hold) while it lasts.
 //
-// Because one throttle uses one Redis key, it works unchanged on Redis
-// Cluster. Scripts run with EVALSHA and fall back to EVAL when the server
-// has lost its script cache (restart, failover, new shard). Redis 5 or newer
-// is needed (scripts write after reading TIME).
+// Scripts run with EVALSHA and fall back to EVAL when the server has lost
+// its script cache (restart, failover, new shard). Redis 5 or newer is
+// needed.
 //
 // A RedisStore is safe for concurrent use and starts no goroutine of its
 // own, except as described for clients without ContextTimeoutEnabled.
 type RedisStore struct {
 	client  redis.UniversalClient
 	prefix  string
-	bounded bool // the client honours context deadlines
+	bounded bool          // the client honours context deadlines
+	next    atomic.Uint32 // the slot a call tries first is next % limit
 }
 
 // A RedisOption configures a RedisStore.
@@ -67,20 +100,25 @@ type redisOptionFunc func(*RedisStore)
 func (f redisOptionFunc) applyRedis(s *RedisStore) { f(s) }
 
 // WithKeyPrefix sets the prefix of the store's Redis keys. Stores that must
-// share throttles must use the same prefix. Default: DefaultKeyPrefix
-// ("throttle:").
+// share throttles must use the same prefix. The prefix must not contain '{'
+// or '}', which would change the keys' Cluster hash tag. Default:
+// DefaultKeyPrefix ("throttle:").
 func WithKeyPrefix(prefix string) RedisOption {
 	return redisOptionFunc(func(s *RedisStore) { s.prefix = prefix })
 }
 
 // NewRedisStore returns a RedisStore that uses c: a *redis.Client, a
-// *redis.ClusterClient, a Sentinel failover client or a *redis.Ring.
+// *redis.ClusterClient or a Sentinel failover client. (A *redis.Ring works
+// too, but moves keys when its shards change, which restarts throttles
+// from empty state.)
 //
 // Every decision is bounded by the throttle's timeout (WithTimeout). When c
 // was made with ContextTimeoutEnabled (recommended), go-redis itself stops
 // at that deadline. Otherwise go-redis ignores context deadlines, so each
 // call runs in a goroutine that the caller leaves when the timeout ends;
 // that goroutine ends when go-redis returns (at its ReadTimeout at worst).
+//
+// NewRedisStore panics if the key prefix contains '{' or '}'.
 func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {
 	s := &RedisStore{client: c, prefix: DefaultKeyPrefix, bounded: honoursDeadlines(c)}
 	for _, o := range opts {
@@ -88,6 +126,12 @@ func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {
 			o.applyRedis(s)
 		}
 	}
+	if strings.ContainsAny(s.prefix, "{}") {
+		panic(fmt.Sprintf("throttle: key prefix %q contains '{' or '}'", s.prefix))
+	}
+	// Processes start at different slots, so that they rarely try the
+	// same one at once.
+	s.next.Store(uint32(time.Now().UnixNano()))
 	return s
 }
 
@@ -105,8 +149,39 @@ func honoursDeadlines(c redis.UniversalClient) bool {
 	return false
 }
 
-// Key returns the Redis key that holds the throttle key.
-func (s *RedisStore) Key(key string) string { return s.prefix + key }
+// name returns the Redis key of key with suffix: the prefix, then key in a
+// hash tag. A key starting with '}' would leave the tag empty, so such keys,
+// and those starting with the escape '\', get a '\' in front.
+func (s *RedisStore) name(key, suffix string) string {
+	esc := ""
+	if key != "" && (key[0] == '}' || key[0] == '\\') {
+		esc = `\`
+	}
+	return s.prefix + "{" + esc + key + "}" + suffix
+}
+
+// Keys returns the names of the Redis keys that a throttle of key under
+// limit may write: its slots (limit up to 64) or its list (above), then the
+// record of its holds. Use it to inspect or delete a throttle's state, or
+// to write ACL key patterns.
+func (s *RedisStore) Keys(key string, limit int) []string {
+	var keys []string
+	if limit > maxSlots {
+		keys = []string{s.name(key, listSuffix)}
+	} else {
+		keys = s.slots(key, max(limit, 1))
+	}
+	return append(keys, s.name(key, holdSuffix))
+}
+
+// slots returns the names of the n slot keys of key.
+func (s *RedisStore) slots(key string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = s.name(key, slotSuffix[i])
+	}
+	return keys
+}
 
 // Take implements Store.
 func (s *RedisStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
@@ -121,18 +196,11 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 	return boundedErr(s, ctx, func(ctx context.Context) error { return s.cancel(ctx, key, req, res) })
 }
 
-// Reset deletes the Redis key of key, and the record of a hold set by
-// Block, so the next Take is admitted.
-func (s *RedisStore) Reset(ctx context.Context, key string) error {
+// Reset deletes the Redis keys of key under req's limit, and the record of
+// a hold, so the next Take is admitted. It is one command.
+func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		// Two DELs in one round trip, not one DEL of two keys: on Redis
-		// Cluster the keys may live in two slots.
-		rkey := s.Key(key)
-		pipe := s.client.Pipeline()
-		pipe.Del(ctx, rkey+blockSuffix)
-		pipe.Del(ctx, rkey)
-		_, err := pipe.Exec(ctx)
-		return err
+		return s.client.Del(ctx, s.Keys(key, req.Limit)...).Err()
 	})
 }
 
@@ -169,70 +237,84 @@ func boundedErr(s *RedisStore, ctx context.Context, f func(context.Context) erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reservation, error) {
-	rkey := s.Key(key)
-	if req.Limit == 1 {
-		if req.MaxWait <= 0 {
-			return s.setNX(ctx, rkey, req)
-		}
-		return s.book1(ctx, rkey, req)
+	if req.Limit > maxSlots {
+		return s.takeList(ctx, key, req)
 	}
-	v, err := takeScript.Run(ctx, s.client, []string{rkey},
+	i := 0
+	if req.Limit > 1 {
+		i = int(s.next.Add(1) % uint32(req.Limit))
+	}
+	if req.MaxWait > 0 {
+		return s.takeSlot(ctx, key, req, i)
+	}
+	// The hot path: one SET NX PX on the slot expected to be free.
+	ok, err := s.client.SetNX(ctx, s.name(key, slotSuffix[i]), "1", ceilMillis(req.Interval)).Result()
+	if err != nil {
+		return Reservation{}, err
+	}
+	if ok {
+		return Reservation{OK: true}, nil
+	}
+	return s.takeSlot(ctx, key, req, i+1)
+}
+
+// takeSlot runs slots.lua over the slots of key, starting at slot first.
+// Reservation.Slot is the slot index in its low 8 bits and, for a booking,
+// the booked start in server milliseconds above them.
+func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, first int) (Reservation, error) {
+	n := req.Limit
+	v, err := slotsScript.Run(ctx, s.client, s.slots(key, n),
+		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval)), first%n).Int64Slice()
+	if err != nil {
+		return Reservation{}, err
+	}
+	if len(v) != 5 || v[3] < 0 || v[3] >= int64(n) {
+		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from slots script", v)
+	}
+	// The next call tries the slot after the one taken, or the one that
+	// frees first.
+	hint := v[3] + int64(n) - 1
+	if v[0] == 1 {
+		hint++
+	}
+	s.next.Store(uint32(hint))
+	return Reservation{
+		OK:         v[0] == 1,
+		Delay:      time.Duration(v[1]) * time.Millisecond,
+		RetryAfter: time.Duration(v[2]) * time.Millisecond,
+		Slot:       v[4]<<8 | v[3],
+	}, nil
+}
+
+// takeList decides a start of a limit above maxSlots with take.lua.
+func (s *RedisStore) takeList(ctx context.Context, key string, req Request) (Reservation, error) {
+	v, err := takeScript.Run(ctx, s.client, []string{s.name(key, listSuffix)},
 		micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval))).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
-	if len(v) != 5 {
+	if len(v) != 4 {
 		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from take script", v)
 	}
 	return Reservation{
 		OK:         v[0] == 1,
 		Delay:      time.Duration(v[1]) * time.Microsecond,
 		RetryAfter: time.Duration(v[2]) * time.Microsecond,
-		Remaining:  int(v[3]),
-		Slot:       v[4],
-	}, nil
-}
-
-// setNX decides a start for limit 1 with SET NX PX, pipelined with PTTL so a
-// denied call learns its retry-after in the same round trip.
-func (s *RedisStore) setNX(ctx context.Context, rkey string, req Request) (Reservation, error) {
-	pipe := s.client.Pipeline()
-	set := pipe.SetNX(ctx, rkey, "1", ceilMillis(req.Interval))
-	ttl := pipe.PTTL(ctx, rkey)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return Reservation{}, err
-	}
-	if set.Val() {
-		return Reservation{OK: true}, nil
-	}
-	// PTTL is -2 when the key expired between the two commands: the next
-	// start is free now.
-	return Reservation{RetryAfter: max(ttl.Val(), 0)}, nil
-}
-
-func (s *RedisStore) book1(ctx context.Context, rkey string, req Request) (Reservation, error) {
-	v, err := book1Script.Run(ctx, s.client, []string{rkey},
-		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval))).Int64Slice()
-	if err != nil {
-		return Reservation{}, err
-	}
-	if len(v) != 4 {
-		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from book script", v)
-	}
-	return Reservation{
-		OK:         v[0] == 1,
-		Delay:      time.Duration(v[1]) * time.Millisecond,
-		RetryAfter: time.Duration(v[2]) * time.Millisecond,
 		Slot:       v[3],
 	}, nil
 }
 
 func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Reservation) error {
-	script := cancelScript
-	if req.Limit == 1 {
-		script = cancel1Script
+	var err error
+	if req.Limit > maxSlots {
+		err = cancelScript.Run(ctx, s.client, []string{s.name(key, listSuffix)}, strconv.FormatInt(res.Slot, 10)).Err()
+	} else {
+		i := int(res.Slot & 0xff)
+		if i >= req.Limit {
+			return fmt.Errorf("throttle: reservation of slot %d for a limit of %d", i, req.Limit)
+		}
+		err = unbookScript.Run(ctx, s.client, []string{s.name(key, slotSuffix[i])}, strconv.FormatInt(res.Slot>>8, 10)).Err()
 	}
-	err := script.Run(ctx, s.client, []string{s.Key(key)}, strconv.FormatInt(res.Slot, 10)).Err()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}

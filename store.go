@@ -24,8 +24,8 @@ import (
 //     earliest start it could admit if nobody else took it.
 //   - A denied Take changes nothing.
 //   - Cancel hands back a booking (Reservation with Delay > 0) that its
-//     caller will not use, if it is still the latest booking for the key; it
-//     is a no-op otherwise.
+//     caller will not use, when that moves no other start: at least when it
+//     is still the latest booking of the key. It is a no-op otherwise.
 //   - Every key a store writes expires on its own once its starts are older
 //     than the interval, so an idle throttle leaves nothing behind.
 //
@@ -48,11 +48,11 @@ type Request struct {
 	MaxWait time.Duration
 }
 
-// A Clock tells the time. A Store that is also a Clock keeps time by it
-// rather than by this process's clock, as throttletest.Store does with its
-// fake clock. A Throttle on such a store runs its deny cache on Now, so
-// that moving the store's clock moves the cache with it. Now must never go
-// backwards.
+// A Clock tells the time. A Store that is also a Clock says that it keeps
+// time by Now rather than by this process's clock, as throttletest.Store
+// does with its fake clock: a Throttle or Keyed on such a store runs its
+// deny cache on Now, so that moving the store's clock moves the cache with
+// it. Now must never go backwards.
 type Clock interface {
 	Now() time.Time
 }
@@ -71,16 +71,34 @@ type Reservation struct {
 	// store cannot tell, or when the next start is less than the store's
 	// resolution away (RedisStore: 1 ms for a limit of 1).
 	RetryAfter time.Duration
-	// Remaining is, when OK with Delay 0, how many more starts the store
-	// would admit at once after this one; 0 otherwise.
-	Remaining int
 	// Slot identifies the booking for Cancel. Its meaning is the store's.
 	Slot int64
+
+	// cached and before are what a booking raised the deny cache to, and
+	// from; set by the Throttle, not the store.
+	cached, before int64
 }
 
-// resetter is implemented by stores that can forget a key.
-type resetter interface {
-	Reset(ctx context.Context, key string) error
+// A Resetter is a Store that can forget a key, as Throttle.Reset and
+// Keyed.Reset need. RedisStore and MemoryStore are Resetters; a Store that
+// wraps one must implement Resetter too, or Reset returns an error.
+type Resetter interface {
+	// Reset forgets every start and hold of key under req's interval and
+	// limit, so that the next Take is admitted.
+	Reset(ctx context.Context, key string, req Request) error
+}
+
+// A Holder is a Store that can hold off a key, as Throttle.Hold and
+// Keyed.Hold need (and the HTTP transport, after a 429). RedisStore and
+// MemoryStore are Holders; a Store that wraps one must implement Holder
+// too, or Hold returns an error.
+type Holder interface {
+	// Hold makes the store admit no start of key, under req's interval
+	// and limit, until d after the store's decision. It never shortens
+	// anything: starts, bookings and longer holds keep their effect.
+	Hold(ctx context.Context, key string, req Request, d time.Duration) error
+	// Held returns how long the latest hold of key still lasts, or 0.
+	Held(ctx context.Context, key string) (time.Duration, error)
 }
 
 // localStore is implemented by stores that never block, whose decisions

@@ -14,16 +14,13 @@ type Decision struct {
 	// RetryAfter is, when not Allowed, how long until the store may admit
 	// the next call: it denies every call before then. It can be 0 for a
 	// denial when that is less than the store's resolution away (with
-	// RedisStore and limit 1, under a millisecond). 0 when Allowed.
+	// RedisStore and a limit up to 64, under a millisecond). 0 when Allowed.
 	RetryAfter time.Duration
-	// Remaining is, when Allowed, how many more calls the store would admit
-	// at once (0 for limit 1); 0 when not Allowed.
-	Remaining int
 }
 
 // Event describes one decision, for the observer set with WithObserver.
 type Event struct {
-	// Key is the throttle's key.
+	// Key is the key decided on.
 	Key string
 	// Allowed reports whether the call was admitted (now or after Delay).
 	Allowed bool
@@ -43,21 +40,14 @@ type Event struct {
 // A Throttle lets a call start at most limit times in any window of its
 // interval, for every process that shares its store (see WithStore). Use
 // Allow to decide and drop, or Wait to wait for a turn; Wrap and WrapErr do
-// the same around a function.
+// the same around a function. A Throttle is a Keyed bound to one key.
 //
 // A Throttle is safe for concurrent use by many goroutines. It starts no
 // goroutine of its own.
 type Throttle struct {
-	key      string
-	interval time.Duration
-	cfg      config
-	local    bool         // the store never blocks: no timeout needed
-	fallback *MemoryStore // decides while the store cannot (WithFallback)
-	epoch    time.Time    // origin of now
-	clock    Clock        // the store's clock, if it has one; nil otherwise
-	// deniedUntil is the deny cache: until this time (ns since epoch, on
-	// the clock of now) the store is known to deny a start.
-	deniedUntil atomic.Int64
+	c   *core
+	key string
+	e   entry
 }
 
 // New returns a Throttle for key that admits at most one call (or the limit
@@ -73,28 +63,14 @@ type Throttle struct {
 // MaxInterval, a limit below 1 or above MaxLimit, a nil store, or a negative
 // wait or timeout.
 func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o.apply(&cfg)
-		}
+	if key == "" {
+		return nil, errEmptyKey
 	}
-	if err := validate(key, interval, &cfg); err != nil {
+	c, err := newCore(interval, opts)
+	if err != nil {
 		return nil, err
 	}
-	if cfg.store == nil {
-		cfg.store = NewMemoryStore()
-	}
-	_, local := cfg.store.(localStore)
-	t := &Throttle{key: key, interval: interval, cfg: cfg, local: local, epoch: time.Now()}
-	if c, ok := cfg.store.(Clock); ok {
-		t.clock = c
-		t.epoch = c.Now()
-	}
-	if cfg.fallback > 0 {
-		t.fallback = NewMemoryStore()
-	}
-	return t, nil
+	return &Throttle{c: c, key: key}, nil
 }
 
 // mustNew is New for Wrap and WrapErr: it panics with New's message.
@@ -106,15 +82,6 @@ func mustNew(key string, interval time.Duration, opts []Option) *Throttle {
 	return t
 }
 
-// Key returns the throttle's key.
-func (t *Throttle) Key() string { return t.key }
-
-// Interval returns the throttle's interval.
-func (t *Throttle) Interval() time.Duration { return t.interval }
-
-// Limit returns the number of starts allowed per interval.
-func (t *Throttle) Limit() int { return t.cfg.limit }
-
 // Allow decides whether one call may start now, and records the start if
 // so. It never waits: use Wait for that. A call that is not admitted is a
 // Decision with Allowed false and a nil error.
@@ -125,15 +92,7 @@ func (t *Throttle) Limit() int { return t.cfg.limit }
 // Decision says what the policy chose: not allowed by default, allowed with
 // WithFailOpen, and the process-local limit's decision with WithFallback.
 func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
-	res, err := t.take(ctx, 0)
-	if err != nil {
-		// res is the fallback's decision, or empty.
-		return Decision{Allowed: t.degraded(res, err) == nil, RetryAfter: res.RetryAfter, Remaining: res.Remaining}, err
-	}
-	if !res.OK {
-		return Decision{RetryAfter: res.RetryAfter}, nil
-	}
-	return Decision{Allowed: true, Remaining: res.Remaining}, nil
+	return t.c.allow(ctx, t.key, &t.e)
 }
 
 // Wait blocks until the call may start, and returns nil then. It books the
@@ -148,233 +107,17 @@ func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 // failed. When the store failed, WithFailOpen makes it return nil, and
 // WithFallback makes it wait for a turn under the process-local limit.
 func (t *Throttle) Wait(ctx context.Context) error {
-	maxWait := t.cfg.wait
-	if maxWait == 0 {
-		maxWait = durationMax
-	}
-	return t.wait(ctx, maxWait)
+	return t.c.wait(ctx, t.key, &t.e, t.c.maxWait())
 }
 
-// Reset forgets the recorded starts of the throttle's key in its store, so
-// the next call is admitted, and clears this throttle's deny cache. Other
-// processes' deny caches still deny until their retry-after ends (see
-// WithDenyCache). It returns an error if the store fails or cannot reset.
+// Reset forgets the recorded starts and any hold of the throttle's key in
+// its store, so the next call is admitted, and clears this throttle's deny
+// cache. Other processes' deny caches still deny until their retry-after
+// ends (see WithDenyCache). It returns ctx's error if ctx ended, an error
+// matching ErrStoreUnavailable if the store failed, and an error if the
+// store is not a Resetter.
 func (t *Throttle) Reset(ctx context.Context) error {
-	r, ok := t.cfg.store.(resetter)
-	if !ok {
-		return errors.New("throttle: store cannot reset keys")
-	}
-	t.deniedUntil.Store(0)
-	cctx, cancel := context.WithTimeout(ctx, t.cfg.timeout)
-	defer cancel()
-	if err := r.Reset(cctx, t.key); err != nil {
-		return &StoreError{Key: t.key, Err: err}
-	}
-	return nil
-}
-
-// admit decides one call for Wrap and WrapErr: nil when fn may run.
-func (t *Throttle) admit(ctx context.Context) error {
-	if t.cfg.wait > 0 {
-		return t.wait(ctx, t.cfg.wait)
-	}
-	res, err := t.take(ctx, 0)
-	if err != nil {
-		return t.degraded(res, err)
-	}
-	if !res.OK {
-		return &ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}
-	}
-	return nil
-}
-
-// degraded applies the store-failure policy to a failed decision: nil when
-// the call may run anyway (WithFailOpen, or admitted by the fallback).
-func (t *Throttle) degraded(res Reservation, err error) error {
-	if !isStoreError(err) {
-		return err
-	}
-	if t.fallback != nil {
-		if res.OK {
-			return nil
-		}
-		return errors.Join(&ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}, err)
-	}
-	if t.cfg.failOpen {
-		return nil
-	}
-	return err
-}
-
-// wait books a start at most maxWait (and ctx's deadline) away and sleeps
-// until it.
-func (t *Throttle) wait(ctx context.Context, maxWait time.Duration) error {
-	if deadline, ok := ctx.Deadline(); ok {
-		maxWait = min(maxWait, max(time.Until(deadline), 0))
-	}
-	store := t.cfg.store
-	res, err := t.take(ctx, maxWait)
-	if err != nil {
-		if err := t.degraded(res, err); err != nil || t.fallback == nil {
-			return err
-		}
-		store = t.fallback // the fallback booked the start
-	}
-	if !res.OK {
-		return &ThrottledError{Key: t.key, RetryAfter: res.RetryAfter}
-	}
-	if res.Delay <= 0 {
-		return nil
-	}
-	timer := time.NewTimer(res.Delay)
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
-		timer.Stop()
-		t.cancel(ctx, store, res)
-		return ctx.Err()
-	}
-}
-
-// cancel hands a booking back to store, on a context that outlives ctx.
-func (t *Throttle) cancel(ctx context.Context, store Store, res Reservation) {
-	t.deniedUntil.Store(0)
-	cctx, stop := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.timeout)
-	defer stop()
-	// A failed hand-back leaves the start booked, which only costs capacity.
-	_ = store.Cancel(cctx, t.key, t.request(res.Delay), res)
-}
-
-func (t *Throttle) request(maxWait time.Duration) Request {
-	return Request{Interval: t.interval, Limit: t.cfg.limit, MaxWait: maxWait}
-}
-
-// now returns the time of the deny cache, in ns since t.epoch: the
-// monotonic clock, or the store's clock if it has one.
-func (t *Throttle) now() int64 {
-	if t.clock != nil {
-		return int64(t.clock.Now().Sub(t.epoch))
-	}
-	return int64(time.Since(t.epoch))
-}
-
-// start returns the time at which a decision begins, for its observed
-// latency: begin when now is the monotonic clock, which already read it.
-func (t *Throttle) start(begin int64) time.Time {
-	if t.clock != nil {
-		return time.Now()
-	}
-	return t.epoch.Add(time.Duration(begin))
-}
-
-// denyUntil raises the deny cache to until (ns since t.epoch); it never
-// lowers it.
-func (t *Throttle) denyUntil(until int64) {
-	for {
-		old := t.deniedUntil.Load()
-		if old >= until || t.deniedUntil.CompareAndSwap(old, until) {
-			return
-		}
-	}
-}
-
-// take asks the deny cache, then the store, for one start at most maxWait
-// away. Its errors are ctx's or a *StoreError.
-func (t *Throttle) take(ctx context.Context, maxWait time.Duration) (Reservation, error) {
-	var begin int64
-	var start time.Time // for the observer
-	if t.cfg.denyCache || t.cfg.observer != nil {
-		begin = t.now()
-	}
-	if t.cfg.observer != nil {
-		start = t.start(begin)
-	}
-	if t.cfg.denyCache {
-		if res, ok := t.cached(begin, maxWait); ok {
-			if t.cfg.observer != nil {
-				t.observe(res, true, nil, start)
-			}
-			return res, nil
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return Reservation{}, err
-	}
-	var res Reservation
-	var err error
-	if t.local {
-		res, err = t.ask(ctx, begin, maxWait)
-	} else {
-		cctx, cancel := context.WithTimeout(ctx, t.cfg.timeout)
-		res, err = t.ask(cctx, begin, maxWait)
-		cancel()
-	}
-	if err != nil {
-		res = Reservation{}
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		} else {
-			err = &StoreError{Key: t.key, Err: err}
-			if t.fallback != nil {
-				res, _ = t.fallback.Take(ctx, t.key, Request{Interval: t.interval, Limit: t.cfg.fallback, MaxWait: maxWait})
-			}
-		}
-	}
-	if t.cfg.observer != nil {
-		t.observe(res, false, err, start)
-	}
-	return res, err
-}
-
-// cached is the deny cache's answer at now (ns since t.epoch) to a call
-// that may wait maxWait: a denial while the store is known to deny every
-// start up to maxWait away.
-func (t *Throttle) cached(now int64, maxWait time.Duration) (Reservation, bool) {
-	if until := t.deniedUntil.Load(); until > now && time.Duration(until-now) > maxWait {
-		return Reservation{RetryAfter: time.Duration(until - now)}, true
-	}
-	return Reservation{}, false
-}
-
-// ask asks the store for a start, and feeds its answer to the deny cache.
-// begin is a time (ns since t.epoch) before the call.
-func (t *Throttle) ask(ctx context.Context, begin int64, maxWait time.Duration) (Reservation, error) {
-	res, err := t.cfg.store.Take(ctx, t.key, t.request(maxWait))
-	if err == nil && t.cfg.denyCache {
-		t.learn(res, begin)
-	}
-	return res, err
-}
-
-// learn raises the deny cache after an answer of the store to a call that
-// began at begin. The store decided at some time after begin, so the key
-// stays closed at least until begin plus what it said.
-func (t *Throttle) learn(res Reservation, begin int64) {
-	switch {
-	case !res.OK && res.RetryAfter > 0:
-		t.denyUntil(begin + int64(res.RetryAfter))
-	case res.OK && t.cfg.limit == 1:
-		t.denyUntil(begin + int64(res.Delay+t.interval))
-	}
-}
-
-func (t *Throttle) observe(res Reservation, cached bool, err error, start time.Time) {
-	e := Event{
-		Key:        t.key,
-		Allowed:    res.OK || (err != nil && t.degraded(res, err) == nil),
-		Delay:      res.Delay,
-		RetryAfter: res.RetryAfter,
-		Cached:     cached,
-		Err:        err,
-		Latency:    time.Since(start),
-	}
-	t.cfg.observer(e)
-}
-
-func isStoreError(err error) bool {
-	var se *StoreError
-	return errors.As(err, &se)
+	return t.c.reset(ctx, t.key, &t.e)
 }
 
 // Wrap returns a function that calls fn when the throttle admits the call
@@ -392,7 +135,7 @@ func Wrap[T any](key string, interval time.Duration, fn func() T, opts ...Option
 	}
 	t := mustNew(key, interval, opts)
 	return func() T {
-		if t.admit(context.Background()) != nil {
+		if t.c.admit(context.Background(), t.key, &t.e) != nil {
 			var zero T
 			return zero
 		}
@@ -417,10 +160,296 @@ func WrapErr[T any](key string, interval time.Duration, fn func(context.Context)
 	}
 	t := mustNew(key, interval, opts)
 	return func(ctx context.Context) (T, error) {
-		if err := t.admit(ctx); err != nil {
+		if err := t.c.admit(ctx, t.key, &t.e); err != nil {
 			var zero T
 			return zero, err
 		}
 		return fn(ctx)
 	}
+}
+
+var errEmptyKey = errors.New("throttle: empty key")
+
+// core is what a Throttle and a Keyed share: the interval, the options and
+// the store, and the decision logic over them. The local state of each key
+// (its deny cache) is an entry that the caller passes in.
+type core struct {
+	interval time.Duration
+	cfg      config
+	local    bool         // the store never blocks: no timeout needed
+	fallback *MemoryStore // decides while the store cannot (WithFallback)
+	epoch    time.Time    // origin of now
+	clock    Clock        // the store's clock, if it has one; nil otherwise
+}
+
+// entry is the local state of one key: its deny cache. Until deniedUntil
+// (ns since the core's epoch, on the clock of now) the store is known to
+// deny a start.
+type entry struct {
+	deniedUntil atomic.Int64
+}
+
+func newCore(interval time.Duration, opts []Option) (*core, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o.apply(&cfg)
+		}
+	}
+	if err := validate(interval, &cfg); err != nil {
+		return nil, err
+	}
+	if cfg.store == nil {
+		cfg.store = NewMemoryStore()
+	}
+	_, local := cfg.store.(localStore)
+	c := &core{interval: interval, cfg: cfg, local: local, epoch: time.Now()}
+	if clk, ok := cfg.store.(Clock); ok {
+		c.clock = clk
+		c.epoch = clk.Now()
+	}
+	if cfg.fallback > 0 {
+		c.fallback = NewMemoryStore()
+	}
+	return c, nil
+}
+
+// maxWait is how long Wait may wait: WithWait's, or without limit.
+func (c *core) maxWait() time.Duration {
+	if c.cfg.wait == 0 {
+		return durationMax
+	}
+	return c.cfg.wait
+}
+
+func (c *core) allow(ctx context.Context, key string, e *entry) (Decision, error) {
+	res, err := c.take(ctx, key, e, 0)
+	if err != nil {
+		// res is the fallback's decision, or empty.
+		return Decision{Allowed: c.degraded(key, res, err) == nil, RetryAfter: res.RetryAfter}, err
+	}
+	if !res.OK {
+		return Decision{RetryAfter: res.RetryAfter}, nil
+	}
+	return Decision{Allowed: true}, nil
+}
+
+// admit decides one call for the wrappers: nil when fn may run.
+func (c *core) admit(ctx context.Context, key string, e *entry) error {
+	if c.cfg.wait > 0 {
+		return c.wait(ctx, key, e, c.cfg.wait)
+	}
+	res, err := c.take(ctx, key, e, 0)
+	if err != nil {
+		return c.degraded(key, res, err)
+	}
+	if !res.OK {
+		return &ThrottledError{Key: key, RetryAfter: res.RetryAfter}
+	}
+	return nil
+}
+
+// degraded applies the store-failure policy to a failed decision: nil when
+// the call may run anyway (WithFailOpen, or admitted by the fallback).
+func (c *core) degraded(key string, res Reservation, err error) error {
+	if !isStoreError(err) {
+		return err
+	}
+	if c.fallback != nil {
+		if res.OK {
+			return nil
+		}
+		return errors.Join(&ThrottledError{Key: key, RetryAfter: res.RetryAfter}, err)
+	}
+	if c.cfg.failOpen {
+		return nil
+	}
+	return err
+}
+
+// wait books a start at most maxWait (and ctx's deadline) away and sleeps
+// until it.
+func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Duration) error {
+	if deadline, ok := ctx.Deadline(); ok {
+		maxWait = min(maxWait, max(time.Until(deadline), 0))
+	}
+	store := c.cfg.store
+	res, err := c.take(ctx, key, e, maxWait)
+	if err != nil {
+		if err := c.degraded(key, res, err); err != nil || c.fallback == nil {
+			return err
+		}
+		store = c.fallback // the fallback booked the start
+	}
+	if !res.OK {
+		return &ThrottledError{Key: key, RetryAfter: res.RetryAfter}
+	}
+	if res.Delay <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(res.Delay)
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		timer.Stop()
+		c.cancel(ctx, store, key, e, res)
+		return ctx.Err()
+	}
+}
+
+// cancel hands a booking back to store, on a context that outlives ctx,
+// and takes back what the booking taught the deny cache, unless something
+// raised the cache since.
+func (c *core) cancel(ctx context.Context, store Store, key string, e *entry, res Reservation) {
+	if res.cached != 0 {
+		e.deniedUntil.CompareAndSwap(res.cached, res.before)
+	}
+	cctx, stop := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.timeout)
+	defer stop()
+	// A failed hand-back leaves the start booked, which only costs capacity.
+	_ = store.Cancel(cctx, key, c.request(res.Delay), res)
+}
+
+func (c *core) reset(ctx context.Context, key string, e *entry) error {
+	r, ok := c.cfg.store.(Resetter)
+	if !ok {
+		return errors.New("throttle: store cannot reset keys: it is not a Resetter")
+	}
+	if e != nil {
+		e.deniedUntil.Store(0)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+	defer cancel()
+	if err := r.Reset(cctx, key, c.request(0)); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &StoreError{Key: key, Err: err}
+	}
+	return nil
+}
+
+func (c *core) request(maxWait time.Duration) Request {
+	return Request{Interval: c.interval, Limit: c.cfg.limit, MaxWait: maxWait}
+}
+
+// now returns the time of the deny cache, in ns since c.epoch: the
+// monotonic clock, or the store's clock if it has one.
+func (c *core) now() int64 {
+	if c.clock != nil {
+		return int64(c.clock.Now().Sub(c.epoch))
+	}
+	return int64(time.Since(c.epoch))
+}
+
+// start returns the time at which a decision begins, for its observed
+// latency: begin when now is the monotonic clock, which already read it.
+func (c *core) start(begin int64) time.Time {
+	if c.clock != nil {
+		return time.Now()
+	}
+	return c.epoch.Add(time.Duration(begin))
+}
+
+// raise raises e's deny cache to until (ns since the epoch); it never
+// lowers it. It returns the value before and whether it raised it.
+func (e *entry) raise(until int64) (before int64, raised bool) {
+	for {
+		old := e.deniedUntil.Load()
+		if old >= until {
+			return old, false
+		}
+		if e.deniedUntil.CompareAndSwap(old, until) {
+			return old, true
+		}
+	}
+}
+
+// take asks the deny cache, then the store, for one start of key at most
+// maxWait away. Its errors are ctx's or a *StoreError.
+func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Duration) (Reservation, error) {
+	var begin int64
+	var start time.Time // for the observer
+	if c.cfg.denyCache || c.cfg.observer != nil {
+		begin = c.now()
+	}
+	if c.cfg.observer != nil {
+		start = c.start(begin)
+	}
+	if c.cfg.denyCache {
+		if until := e.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
+			res := Reservation{RetryAfter: time.Duration(until - begin)}
+			if c.cfg.observer != nil {
+				c.observe(key, res, true, nil, start)
+			}
+			return res, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return Reservation{}, err
+	}
+	var res Reservation
+	var err error
+	if c.local {
+		res, err = c.cfg.store.Take(ctx, key, c.request(maxWait))
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+		res, err = c.cfg.store.Take(cctx, key, c.request(maxWait))
+		cancel()
+	}
+	if err == nil && c.cfg.denyCache {
+		c.learn(e, &res, begin)
+	}
+	if err != nil {
+		res = Reservation{}
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		} else {
+			err = &StoreError{Key: key, Err: err}
+			if c.fallback != nil {
+				res, _ = c.fallback.Take(ctx, key, Request{Interval: c.interval, Limit: c.cfg.fallback, MaxWait: maxWait})
+			}
+		}
+	}
+	if c.cfg.observer != nil {
+		c.observe(key, res, false, err, start)
+	}
+	return res, err
+}
+
+// learn raises the deny cache after an answer of the store to a call that
+// began at begin. The store decided at some time after begin, so the key
+// stays closed at least until begin plus what it said. A booking records
+// what it raised in res, so that cancel can take it back.
+func (c *core) learn(e *entry, res *Reservation, begin int64) {
+	switch {
+	case !res.OK && res.RetryAfter > 0:
+		e.raise(begin + int64(res.RetryAfter))
+	case res.OK && c.cfg.limit == 1:
+		until := begin + int64(res.Delay+c.interval)
+		if before, raised := e.raise(until); raised && res.Delay > 0 {
+			res.cached, res.before = until, before
+		}
+	}
+}
+
+func (c *core) observe(key string, res Reservation, cached bool, err error, start time.Time) {
+	c.cfg.observer(Event{
+		Key:        key,
+		Allowed:    res.OK || (err != nil && c.degraded(key, res, err) == nil),
+		Delay:      res.Delay,
+		RetryAfter: res.RetryAfter,
+		Cached:     cached,
+		Err:        err,
+		Latency:    time.Since(start),
+	})
+}
+
+func isStoreError(err error) bool {
+	var se *StoreError
+	return errors.As(err, &se)
 }

@@ -70,7 +70,7 @@ func TestNewAcceptsEdgeInput(t *testing.T) {
 	} {
 		th, err := New("k", tt.interval, tt.opts...)
 		require.NoError(t, err, "New with %s", tt.name)
-		assert.Equal(t, DefaultTimeout, th.cfg.timeout, "%s: timeout", tt.name)
+		assert.Equal(t, DefaultTimeout, th.c.cfg.timeout, "%s: timeout", tt.name)
 	}
 	assert.Panics(t, func() { Wrap[int]("k", time.Second, nil) }, "Wrap with nil fn")
 	assert.Panics(t, func() { WrapErr[int]("k", time.Second, nil) }, "WrapErr with nil fn")
@@ -297,7 +297,7 @@ func TestResetOpensTheThrottle(t *testing.T) {
 
 	noReset, err := New("k", time.Hour, WithStore(failingStore{}))
 	require.NoError(t, err)
-	assert.EqualError(t, noReset.Reset(ctx), "throttle: store cannot reset keys")
+	assert.EqualError(t, noReset.Reset(ctx), "throttle: store cannot reset keys: it is not a Resetter")
 }
 
 func TestWaitSpacesStartsWithoutPolling(t *testing.T) {
@@ -454,7 +454,7 @@ func TestFallbackLimitsLocallyWhileTheStoreFails(t *testing.T) {
 	require.NoError(t, err)
 	start := time.Now()
 	for i := range 3 {
-		assert.NoError(t, w.admit(context.Background()), "waiting call %d under the fallback", i)
+		assert.NoError(t, w.c.admit(context.Background(), w.key, &w.e), "waiting call %d under the fallback", i)
 	}
 	assert.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "3 starts 20ms apart")
 

@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,11 +62,11 @@ func TestTakeScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 			script := redis.NewScript(inject(t, takeSource, anchor, del))
 			v, err := script.Run(ctx, c, []string{"k"}, micros(time.Second), 2, micros(10*time.Second)).Int64Slice()
 			require.NoError(t, err)
-			require.Len(t, v, 5)
+			require.Len(t, v, 4)
 			assert.EqualValues(t, 1, v[0], "admitted or booked")
 			list, err := c.LRange(ctx, "k", 0, -1).Result()
 			require.NoError(t, err)
-			assert.Contains(t, list, strconv.FormatInt(v[4], 10), "the new start is in the list %v", list)
+			assert.Contains(t, list, strconv.FormatInt(v[3], 10), "the new start is in the list %v", list)
 			assert.Positive(t, mr.TTL("k"), "the list expires")
 		})
 	}
@@ -78,12 +79,46 @@ func TestTakeScriptRejectsAForeignList(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := context.Background()
 	now := time.Now()
-	require.NoError(t, c.RPush(ctx, "k", strconv.FormatInt(now.Add(-30*time.Second).UnixMicro(), 10), "garbage").Err())
-	_, err := NewRedisStore(c, WithKeyPrefix("")).Take(ctx, "k", Request{Interval: time.Minute, Limit: 2})
+	s := NewRedisStore(c, WithKeyPrefix(""))
+	require.NoError(t, c.RPush(ctx, s.name("k", listSuffix), strconv.FormatInt(now.Add(-30*time.Second).UnixMicro(), 10), "garbage").Err())
+	_, err := s.Take(ctx, "k", Request{Interval: time.Minute, Limit: 100})
 	assert.ErrorContains(t, err, "attempt to compare", "the script stops at the start that is not a number")
 }
 
-func TestBlockScriptSurvivesKeyExpiringMidScript(t *testing.T) {
+// A slot key without an expiry that is not a string is an error, not a
+// throttle that never admits again; a string gets an expiry.
+func TestSlotsScriptRejectsAForeignKey(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := context.Background()
+	s := NewRedisStore(c)
+	for _, limit := range []int{1, 3} {
+		key := fmt.Sprint("list", limit)
+		for _, name := range s.slots(key, limit) {
+			require.NoError(t, c.RPush(ctx, name, "x").Err())
+		}
+		for _, wait := range []time.Duration{0, time.Hour} {
+			_, err := s.Take(ctx, key, Request{Interval: time.Minute, Limit: limit, MaxWait: wait})
+			assert.ErrorContains(t, err, "is not a throttle slot", "Take of limit %d, wait %v over lists", limit, wait)
+		}
+		assert.ErrorContains(t, s.Hold(ctx, key, Request{Interval: time.Minute, Limit: limit}, time.Second), "is not a throttle slot", "Hold of limit %d over lists", limit)
+
+		key = fmt.Sprint("string", limit)
+		for _, name := range s.slots(key, limit) {
+			require.NoError(t, c.Set(ctx, name, "x", 0).Err())
+		}
+		res, err := s.Take(ctx, key, Request{Interval: time.Minute, Limit: limit})
+		require.NoError(t, err, "Take of limit %d over strings without expiry", limit)
+		assert.False(t, res.OK, "Take of limit %d over strings without expiry, counted as started now", limit)
+		assert.Equal(t, time.Minute, res.RetryAfter, "RetryAfter of limit %d over strings without expiry", limit)
+		for _, name := range s.slots(key, limit) {
+			assert.Equal(t, time.Minute, mr.TTL(name), "TTL of %q after the Take", name)
+		}
+	}
+}
+
+func TestHoldScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 	const limit = 1500 // more than one push of 1000
 	for name, code := range map[string]string{
 		"before the first push": "if i == 1 and vanish then vanish = false; redis.call('DEL', key) end",
@@ -93,24 +128,26 @@ func TestBlockScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			mr, c, now := stoppedMiniredis(t)
 			ctx := context.Background()
+			s := NewRedisStore(c, WithKeyPrefix(""))
+			k := s.name("k", listSuffix)
 			starts := make([]any, 100)
 			for i := range starts {
 				starts[i] = strconv.FormatInt(now.Add(-time.Duration(100-i)*time.Millisecond).UnixMicro(), 10)
 			}
-			require.NoError(t, c.RPush(ctx, "k", starts...).Err())
-			require.NoError(t, c.PExpire(ctx, "k", time.Minute).Err())
+			require.NoError(t, c.RPush(ctx, k, starts...).Err())
+			require.NoError(t, c.PExpire(ctx, k, time.Minute).Err())
 			src := inject(t, blockSource, "local key = KEYS[1]", "local vanish = true")
 			if code != "" {
 				src = inject(t, src, "    if redis.call('RPUSH', key, unpack(vals, i, last)) ~= oldlen + last then", code)
 			} else {
 				src = inject(t, src, "if redis.call('PEXPIRE', key, string.format('%d', ttl)) == 0 then", "redis.call('DEL', key)")
 			}
-			require.NoError(t, redis.NewScript(src).Run(ctx, c, []string{"k"}, micros(time.Minute), limit, micros(30*time.Second)).Err())
-			n, err := c.LLen(ctx, "k").Result()
+			require.NoError(t, redis.NewScript(src).Run(ctx, c, []string{k}, micros(time.Minute), limit, micros(30*time.Second)).Err())
+			n, err := c.LLen(ctx, k).Result()
 			require.NoError(t, err)
 			assert.GreaterOrEqual(t, n, int64(limit), "every mark of the hold is in the list")
-			assert.Positive(t, mr.TTL("k"), "the list expires")
-			res, err := NewRedisStore(c, WithKeyPrefix("")).Take(ctx, "k", Request{Interval: time.Minute, Limit: limit})
+			assert.Positive(t, mr.TTL(k), "the list expires")
+			res, err := s.Take(ctx, "k", Request{Interval: time.Minute, Limit: limit})
 			require.NoError(t, err)
 			assert.False(t, res.OK, "a start during the hold")
 			assert.InDelta(t, 30*time.Second, res.RetryAfter, float64(time.Millisecond), "retry-after: the hold")

@@ -1,5 +1,5 @@
 -- take.lua: one start of KEYS[1] under a sliding-window limit of N starts
--- per interval, now or booked up to maxwait ahead. Used for limits above 1.
+-- per interval, now or booked up to maxwait ahead. Used for limits above 64.
 --
 -- KEYS[1]  a list of start times in microseconds on the server's clock,
 --          oldest first: the starts still in the window, then any booked
@@ -7,7 +7,7 @@
 -- ARGV[1]  interval in microseconds
 -- ARGV[2]  limit N
 -- ARGV[3]  maxwait in microseconds (0: only now)
--- Returns {ok, delay_us, retry_us, remaining, slot_us}.
+-- Returns {ok, delay_us, retry_us, slot_us}.
 local key = KEYS[1]
 local interval = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -71,7 +71,7 @@ end
 
 local delay = slot - now
 if delay > maxwait then
-  return {0, 0, delay, 0, 0}
+  return {0, 0, delay, 0}
 end
 local entry = string.format('%d', slot)
 local ttl = string.format('%d', math.ceil((slot + interval - now) / 1000))
@@ -88,8 +88,4 @@ if redis.call('PEXPIRE', key, ttl) == 0 then
   redis.call('RPUSH', key, entry)
   redis.call('PEXPIRE', key, ttl)
 end
-local remaining = 0
-if delay == 0 then
-  remaining = limit - n - 1
-end
-return {1, delay, 0, remaining, slot}
+return {1, delay, 0, slot}

@@ -53,7 +53,12 @@ type admission struct {
 	slot int64
 }
 
-var _ throttle.Store = (*Store)(nil)
+var (
+	_ throttle.Store    = (*Store)(nil)
+	_ throttle.Resetter = (*Store)(nil)
+	_ throttle.Holder   = (*Store)(nil)
+	_ throttle.Clock    = (*Store)(nil)
+)
 
 // New starts a miniredis server and returns a Store on it, ready for
 // throttle.WithStore (see Options). The Store's fake clock starts at
@@ -164,37 +169,39 @@ func (s *Store) Cancel(ctx context.Context, key string, req throttle.Request, re
 	return s.redis.Cancel(context.WithoutCancel(ctx), key, req, res)
 }
 
-// Reset forgets the starts of key in the store, so that the next call is
-// admitted. Throttle.Reset calls it. Admitted and Count still report the
-// starts admitted before the reset. Reset has the same latency and failure
-// as Take.
-func (s *Store) Reset(ctx context.Context, key string) error {
+// Reset implements throttle.Resetter: it forgets the starts of key in the
+// store, so that the next call is admitted. Throttle.Reset calls it.
+// Admitted and Count still report the starts admitted before the reset.
+// Reset has the same latency and failure as Take.
+func (s *Store) Reset(ctx context.Context, key string, req throttle.Request) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	return s.redis.Reset(context.WithoutCancel(ctx), key)
+	return s.redis.Reset(context.WithoutCancel(ctx), key, req)
 }
 
-// Block holds off key for d on the fake clock, as RedisStore.Block does,
-// so that Throttle.Block and the shared backoff of throttle.Transport work
-// in tests. Fail and SetLatency apply to it.
-func (s *Store) Block(ctx context.Context, key string, req throttle.Request, d time.Duration) error {
+// Hold implements throttle.Holder: it holds off key for d on the fake
+// clock, as RedisStore.Hold does, so that Throttle.Hold and the shared
+// backoff of package httpthrottle work in tests. Fail and SetLatency apply
+// to it.
+func (s *Store) Hold(ctx context.Context, key string, req throttle.Request, d time.Duration) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	return s.redis.Block(context.WithoutCancel(ctx), key, req, d)
+	return s.redis.Hold(context.WithoutCancel(ctx), key, req, d)
 }
 
-// Blocked returns how long the latest hold of key still lasts on the fake
-// clock, as RedisStore.Blocked does. Fail and SetLatency apply to it.
-func (s *Store) Blocked(ctx context.Context, key string) (time.Duration, error) {
+// Held implements throttle.Holder: it returns how long the latest hold of
+// key still lasts on the fake clock, as RedisStore.Held does. Fail and
+// SetLatency apply to it.
+func (s *Store) Held(ctx context.Context, key string) (time.Duration, error) {
 	if err := s.enter(ctx); err != nil {
 		return 0, err
 	}
 	defer s.mu.Unlock()
-	return s.redis.Blocked(context.WithoutCancel(ctx), key)
+	return s.redis.Held(context.WithoutCancel(ctx), key)
 }
 
 // Advance moves the fake clock forward by d. It moves the miniredis server's

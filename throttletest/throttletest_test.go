@@ -551,7 +551,7 @@ func TestBlockHoldsOnTheFakeClock(t *testing.T) {
 	th, err := throttle.New("held", time.Second, s.Options()...)
 	require.NoError(t, err)
 	ctx := context.Background()
-	require.NoError(t, th.Block(ctx, time.Minute))
+	require.NoError(t, th.Hold(ctx, time.Minute))
 	d, err := th.Allow(ctx)
 	require.NoError(t, err)
 	assert.False(t, d.Allowed, "Allow during a one-minute hold")

@@ -1,0 +1,211 @@
+package throttle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// maxHoldLimit is the largest limit Hold accepts: with a limit above
+// maxSlots, a hold writes one start per unit of the limit.
+const maxHoldLimit = 1 << 16
+
+// Hold holds off the throttle's key for d: no process that shares the
+// store is admitted a start until d has passed after the store recorded
+// the hold, judged by the store's clock. Use it when the limited resource
+// asks every caller to back off, such as an API that answers 429 Too Many
+// Requests with a Retry-After (package httpthrottle does that on its own).
+//
+// A hold never shortens anything: a longer hold, the starts still in their
+// interval and the bookings keep their effect; a call that Wait booked
+// before the hold keeps its turn (Held tells it that a hold began). This
+// throttle's deny cache also denies until d after Hold began, even if the
+// store fails. With RedisStore a hold is whole milliseconds, rounded up.
+//
+// Hold with d = 0 does nothing. It returns an error for a negative d or
+// one above MaxInterval, for a limit above 65536, for a store that is not
+// a Holder, ctx's error if ctx ended first, and an error matching
+// ErrStoreUnavailable when the store failed or did not answer in time.
+func (t *Throttle) Hold(ctx context.Context, d time.Duration) error {
+	return t.c.hold(ctx, t.key, &t.e, d)
+}
+
+// Held returns how long the latest hold of the throttle's key, set by any
+// process that shares the store, still lasts; 0 when there is none. It is
+// one store round trip, bounded by the timeout. Reset ends a hold.
+//
+// Held returns an error for a store that is not a Holder, ctx's error if
+// ctx ended first, and an error matching ErrStoreUnavailable when the
+// store failed or did not answer in time.
+func (t *Throttle) Held(ctx context.Context) (time.Duration, error) {
+	return t.c.held(ctx, t.key)
+}
+
+// Hold holds off key for d, as Throttle.Hold does.
+func (k *Keyed) Hold(ctx context.Context, key string, d time.Duration) error {
+	if key == "" {
+		return errEmptyKey
+	}
+	return k.c.hold(ctx, key, k.entry(key), d)
+}
+
+// Held returns how long the latest hold of key still lasts, as
+// Throttle.Held does.
+func (k *Keyed) Held(ctx context.Context, key string) (time.Duration, error) {
+	if key == "" {
+		return 0, errEmptyKey
+	}
+	return k.c.held(ctx, key)
+}
+
+func (c *core) hold(ctx context.Context, key string, e *entry, d time.Duration) error {
+	switch {
+	case d < 0:
+		return fmt.Errorf("throttle: negative hold %v", d)
+	case d > MaxInterval:
+		return fmt.Errorf("throttle: hold %v is above %v", d, MaxInterval)
+	case d == 0:
+		return nil
+	}
+	if c.cfg.denyCache {
+		// Before the store's checks: this process holds off in any case.
+		e.raise(c.now() + int64(d))
+	}
+	if c.cfg.limit > maxHoldLimit {
+		return fmt.Errorf("throttle: cannot hold a limit of %d, above %d", c.cfg.limit, maxHoldLimit)
+	}
+	h, ok := c.cfg.store.(Holder)
+	if !ok {
+		return fmt.Errorf("throttle: store %T cannot hold keys: it is not a Holder", c.cfg.store)
+	}
+	if c.fallback != nil {
+		// The process-local limit used while the store fails holds off too.
+		_ = c.fallback.Hold(ctx, key, Request{Interval: c.interval, Limit: c.cfg.fallback}, d)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+	defer cancel()
+	if err := h.Hold(cctx, key, c.request(0), d); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &StoreError{Key: key, Err: err}
+	}
+	return nil
+}
+
+func (c *core) held(ctx context.Context, key string) (time.Duration, error) {
+	h, ok := c.cfg.store.(Holder)
+	if !ok {
+		return 0, fmt.Errorf("throttle: store %T cannot hold keys: it is not a Holder", c.cfg.store)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+	defer cancel()
+	d, err := h.Held(cctx, key)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, &StoreError{Key: key, Err: err}
+	}
+	return d, nil
+}
+
+// Hold implements Holder: no start of key is admitted until d after the
+// decision, on the Redis server's clock, in whole milliseconds rounded up.
+// With a limit up to 64 every slot key is kept at least that long; with a
+// larger limit, req.Limit starts at d minus the interval join the key's
+// list, so that the earliest free start is at least d away. P{key}:hold
+// records the hold for Held.
+func (s *RedisStore) Hold(ctx context.Context, key string, req Request, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	if req.Interval < time.Millisecond || req.Limit < 1 || req.Limit > maxHoldLimit {
+		return fmt.Errorf("throttle: cannot hold with interval %v and limit %d", req.Interval, req.Limit)
+	}
+	return boundedErr(s, ctx, func(ctx context.Context) error { return s.hold(ctx, key, req, d) })
+}
+
+func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.Duration) error {
+	hold := millis(ceilMillis(d))
+	interval := millis(ceilMillis(req.Interval))
+	marker := s.name(key, holdSuffix)
+	if req.Limit <= maxSlots {
+		keys := append(s.slots(key, req.Limit), marker)
+		return holdScript.Run(ctx, s.client, keys, hold, interval).Err()
+	}
+	// The marker first: a caller that sees no marker after its booked
+	// turn then knows that no hold was set before it looked.
+	if err := holdScript.Run(ctx, s.client, []string{marker}, hold, interval).Err(); err != nil {
+		return err
+	}
+	return blockScript.Run(ctx, s.client, []string{s.name(key, listSuffix)}, micros(req.Interval), req.Limit, micros(d)).Err()
+}
+
+// Held implements Holder, from the expiry of the key's hold record.
+func (s *RedisStore) Held(ctx context.Context, key string) (time.Duration, error) {
+	return bounded(s, ctx, func(ctx context.Context) (time.Duration, error) {
+		d, err := s.client.PTTL(ctx, s.name(key, holdSuffix)).Result()
+		if errors.Is(err, redis.Nil) {
+			return 0, nil
+		}
+		return max(d, 0), err
+	})
+}
+
+// Hold implements Holder on the store's clock, as RedisStore does:
+// req.Limit starts at d minus the interval join the key's starts in their
+// sorted place. It fails only for a limit above 65536.
+func (m *MemoryStore) Hold(_ context.Context, key string, req Request, d time.Duration) error {
+	if req.Limit < 1 || req.Limit > maxHoldLimit {
+		return fmt.Errorf("throttle: cannot hold with limit %d", req.Limit)
+	}
+	if d <= 0 {
+		return nil
+	}
+	interval := int64(req.Interval)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	end := now + int64(d)
+	mk := m.keyState(key+memHoldSuffix, now)
+	mk.expires = max(mk.expires, end)
+
+	k := m.keyState(key, now)
+	k.forget(now - interval)
+	k.compact()
+	mark := end - interval
+	i := len(k.times)
+	for i > 0 && k.times[i-1] > mark {
+		i--
+	}
+	marks := make([]int64, req.Limit)
+	for j := range marks {
+		marks[j] = mark
+	}
+	k.times = slices.Insert(k.times, i, marks...)
+	k.expires = max(k.expires, k.times[len(k.times)-1]+interval)
+	return nil
+}
+
+// Held implements Holder. It never fails.
+func (m *MemoryStore) Held(_ context.Context, key string) (time.Duration, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if k := m.keys[key+memHoldSuffix]; k != nil {
+		if now := m.now(); k.expires > now {
+			return time.Duration(k.expires - now), nil
+		}
+	}
+	return 0, nil
+}

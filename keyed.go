@@ -1,0 +1,153 @@
+package throttle
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// A Keyed is a set of throttles with one interval and one set of options,
+// one per key: each key of an open set (a customer, an account, a host) gets
+// the limit and the guarantee of a Throttle of its own, and keys are
+// independent (a denial of one never delays another). Use it when the key
+// is known only per call.
+//
+// A Keyed keeps local state (the deny cache) only for the keys whose
+// retry-after is still running, and drops the others as new keys arrive,
+// without a goroutine: its memory follows the keys active within about one
+// interval, not every key ever seen. The same holds for a MemoryStore.
+//
+// A Keyed is safe for concurrent use by many goroutines. It starts no
+// goroutine of its own.
+type Keyed struct {
+	c       *core
+	entries [entryShards]entryShard
+	seed    maphash.Seed
+}
+
+// entryShards spreads a Keyed's entries over locks, for many goroutines.
+const entryShards = 32
+
+// entryShard holds the entries of some keys, swept of expired ones when it
+// grows to sweepAt, so that sweeping costs O(1) per new key.
+type entryShard struct {
+	mu      sync.RWMutex
+	m       map[string]*entry
+	sweepAt int
+}
+
+// minEntrySweep is the shard size below which a Keyed never sweeps.
+const minEntrySweep = 64
+
+// NewKeyed returns a Keyed whose keys each admit at most one call (or the
+// limit set with WithLimit) per interval. It takes the options of New and
+// returns New's errors for them. As with New, without WithStore the limits
+// hold only for the calls made through this Keyed in this process.
+func NewKeyed(interval time.Duration, opts ...Option) (*Keyed, error) {
+	c, err := newCore(interval, opts)
+	if err != nil {
+		return nil, err
+	}
+	k := &Keyed{c: c, seed: maphash.MakeSeed()}
+	for i := range k.entries {
+		k.entries[i].m = make(map[string]*entry)
+		k.entries[i].sweepAt = minEntrySweep
+	}
+	return k, nil
+}
+
+// Allow decides whether one call of key may start now, as Throttle.Allow
+// does. An empty key is an error, and no decision.
+func (k *Keyed) Allow(ctx context.Context, key string) (Decision, error) {
+	if key == "" {
+		return Decision{}, errEmptyKey
+	}
+	return k.c.allow(ctx, key, k.entry(key))
+}
+
+// Wait blocks until a call of key may start, as Throttle.Wait does. An
+// empty key is an error.
+func (k *Keyed) Wait(ctx context.Context, key string) error {
+	if key == "" {
+		return errEmptyKey
+	}
+	return k.c.wait(ctx, key, k.entry(key), k.c.maxWait())
+}
+
+// Reset forgets the recorded starts and any hold of key in the store, as
+// Throttle.Reset does.
+func (k *Keyed) Reset(ctx context.Context, key string) error {
+	if key == "" {
+		return errEmptyKey
+	}
+	return k.c.reset(ctx, key, k.entry(key))
+}
+
+// entry returns the local state of key, made if missing.
+func (k *Keyed) entry(key string) *entry {
+	sh := &k.entries[maphash.String(k.seed, key)%entryShards]
+	sh.mu.RLock()
+	e := sh.m[key]
+	sh.mu.RUnlock()
+	if e != nil {
+		return e
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e = sh.m[key]; e == nil {
+		if len(sh.m) >= sh.sweepAt {
+			sh.sweep(k.c.now())
+		}
+		e = new(entry)
+		sh.m[key] = e
+	}
+	return e
+}
+
+// sweep drops the entries whose deny cache has run out: they hold nothing
+// that a new entry would not. sh.mu is held.
+func (sh *entryShard) sweep(now int64) {
+	for key, e := range sh.m {
+		if e.deniedUntil.Load() <= now {
+			delete(sh.m, key)
+		}
+	}
+	sh.sweepAt = max(2*len(sh.m), minEntrySweep)
+}
+
+// WrapKeyed returns a function that calls fn(ctx, a) when the throttle of
+// keyOf(a) admits the call, and returns fn's results; otherwise it returns
+// T's zero value and an error, as WrapErr does. The throttles are those of
+// NewKeyed(interval, opts...); WrapKeyed panics with its message when that
+// fails, and when keyOf or fn is nil. A call whose keyOf(a) is empty does
+// not run fn and returns an error.
+//
+// With WithWait the returned function waits for its turn, up to the wait
+// and never past ctx. A panic in fn reaches the caller unchanged.
+func WrapKeyed[A, T any](interval time.Duration, keyOf func(A) string, fn func(context.Context, A) (T, error), opts ...Option) func(context.Context, A) (T, error) {
+	if keyOf == nil {
+		panic("throttle: nil keyOf")
+	}
+	if fn == nil {
+		panic("throttle: nil fn")
+	}
+	k, err := NewKeyed(interval, opts...)
+	if err != nil {
+		panic(err.Error())
+	}
+	return func(ctx context.Context, a A) (T, error) {
+		key := keyOf(a)
+		var err error
+		if key == "" {
+			err = errEmptyKey
+		} else {
+			err = k.c.admit(ctx, key, k.entry(key))
+		}
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		return fn(ctx, a)
+	}
+}

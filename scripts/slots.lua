@@ -1,0 +1,58 @@
+-- slots.lua: one start of a throttle of limit N <= 64, now or booked up to
+-- maxwait ahead, when the slot its caller tried first was busy.
+--
+-- A throttle of limit N is N slot keys under one hash tag (KEYS[1..N]),
+-- each a limit-1 throttle: a start at server millisecond s holds one slot
+-- with SET slot v PX interval, which Redis keeps through millisecond
+-- s + interval and frees from s + interval + 1 on. A slot is never written
+-- while it is held (SET NX, or a booking after its expiry), so the starts
+-- of one slot are more than an interval apart, and any window of one
+-- interval holds at most one start per slot: at most N starts. Conversely
+-- every held slot holds the newest start of its own, inside the trailing
+-- window, so a slot is free exactly when fewer than N starts lie in that
+-- window: the sliding-window rule, at Redis's millisecond resolution.
+-- The slot that frees first frees at the earliest time the window admits
+-- a start, which is where a waiting call books.
+--
+-- KEYS[1..N]  the slots
+-- ARGV[1]     interval in milliseconds
+-- ARGV[2]     maxwait in milliseconds (0: only now)
+-- ARGV[3]     the slot to look at first (0-based)
+-- Returns {ok, delay_ms, retry_ms, slot, start_ms}: slot is the 0-based
+-- slot taken (or, when denied, the slot that frees first), start_ms the
+-- booked start on the server's clock (0 for a start now).
+local interval = tonumber(ARGV[1])
+local maxwait = tonumber(ARGV[2])
+local first = tonumber(ARGV[3])
+local n = #KEYS
+local best, bestttl
+for j = 0, n - 1 do
+  local i = (first + j) % n + 1
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl == -2 then
+    redis.call('SET', KEYS[i], '1', 'PX', ARGV[1])
+    return {1, 0, 0, i - 1, 0}
+  end
+  if ttl == -1 then
+    -- A key without an expiry was not written by this library. A string
+    -- counts as a start now and gets the expiry of one; anything else is
+    -- an error rather than a throttle that never admits again.
+    if redis.call('TYPE', KEYS[i]).ok ~= 'string' then
+      return redis.error_reply('throttle: key ' .. KEYS[i] .. ' is not a throttle slot')
+    end
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    ttl = interval
+  end
+  if not bestttl or ttl < bestttl then
+    best, bestttl = i, ttl
+  end
+end
+-- Every slot is held; the first frees bestttl + 1 ms from now.
+local delay = bestttl + 1
+if delay > maxwait then
+  return {0, 0, bestttl, best - 1, 0}
+end
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + delay
+redis.call('SET', KEYS[best], string.format('%d', start), 'PX', string.format('%d', delay + interval))
+return {1, delay, 0, best - 1, start}
