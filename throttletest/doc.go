@@ -35,10 +35,11 @@
 //
 // A throttle with throttle.WithWait (or a call to Throttle.Wait) books its
 // start in the store, then sleeps in real time until that start. The fake
-// clock does not move during the sleep. So the bookings pile up one interval
-// apart on a clock that stands still, and each waiting call sleeps one
-// interval longer than the one before. There are three ways to test such
-// code:
+// clock does not move during the sleep. So the bookings pile up on a clock
+// that stands still, one interval and 1 ms apart (a booked start comes 1 ms
+// after the previous holder's interval, as on Redis; see Store), and each
+// waiting call sleeps that much longer than the one before. There are three
+// ways to test such code:
 //
 //   - Call SetAutoAdvance(true). A booked start then moves the fake clock to
 //     itself at once, and the call runs without sleeping. This is the usual

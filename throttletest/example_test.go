@@ -121,7 +121,8 @@ func ExampleStore_SetLatency() {
 }
 
 // With auto-advance, calls that wait for their turn (throttle.WithWait) run
-// at once, and the fake clock moves to each booked start.
+// at once, and the fake clock moves to each booked start. A booked start
+// comes 1 ms after the previous start's interval, as on Redis.
 func ExampleStore_SetAutoAdvance() {
 	s, err := throttletest.Run()
 	if err != nil {
@@ -147,7 +148,7 @@ func ExampleStore_SetAutoAdvance() {
 	// Output:
 	// sent 3
 	// sent at 0s
-	// sent at 1m0s
-	// sent at 2m0s
-	// clock at 2m0s
+	// sent at 1m0.001s
+	// sent at 2m0.002s
+	// clock at 2m0.002s
 }

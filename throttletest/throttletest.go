@@ -26,6 +26,14 @@ var start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // The throttles that share a Store share their limits, as if they ran in
 // different processes and shared one Redis server.
 //
+// Decisions are those of a RedisStore, on the fake clock. A start booked
+// ahead (throttle.WithWait, Throttle.Wait) comes 1 ms after the previous
+// holder of its slot expires, as on Redis, which keeps a key through its
+// expiry millisecond. So with a limit of 1 and an interval I, calls that
+// wait on a clock that stands still start at 0, I+1ms, 2I+2ms, and so on. In drop mode a start is admitted again once Advance has moved the
+// clock by the interval: miniredis frees a key at its expiry, 1 ms before
+// Redis does.
+//
 // A Store is safe for concurrent use. Its decisions run one at a time, in
 // the order in which they reach the store. A Store starts no goroutine of
 // its own. Close stops the miniredis server and closes the client; New makes
@@ -264,7 +272,8 @@ func (s *Store) Count(key string) int {
 	return len(s.admitted[key])
 }
 
-// Fail makes every later Take, Cancel and Reset return err without deciding.
+// Fail makes every later Take, Cancel, Reset, Hold and Held return err
+// without deciding.
 // A throttle reports the failure as an error that matches
 // throttle.ErrStoreUnavailable, and errors.Is also matches err. The
 // throttle then does not call fn, unless throttle.WithFailOpen is set.
@@ -275,8 +284,8 @@ func (s *Store) Fail(err error) {
 	s.err = err
 }
 
-// SetLatency makes every later Take, Cancel and Reset sleep for d before it
-// answers. The sleep is in real time, not on the fake clock, and it ends
+// SetLatency makes every later Take, Cancel, Reset, Hold and Held sleep
+// for d before it answers. The sleep is in real time, not on the fake clock, and it ends
 // early if the call's context ends; the call then returns the context's
 // error without deciding. So a d longer than the throttle's timeout
 // (throttle.WithTimeout, default 250 ms) makes each decision a store
@@ -294,7 +303,8 @@ func (s *Store) SetLatency(d time.Duration) {
 // throttle.WithWait, or a call to Throttle.Wait, then runs the call at once,
 // at its booked time on the fake clock, instead of sleeping d in real time.
 // Calls that wait then run back to back, and the clock moves one booked start
-// at a time, as time would pass in production. Because no call sleeps, no
+// at a time, as time would pass in production: with a limit of 1 and an
+// interval I, to I+1ms, then 2I+2ms, and so on (see Store). Because no call sleeps, no
 // context can cut a wait short, and Cancel is not called.
 func (s *Store) SetAutoAdvance(on bool) {
 	s.mu.Lock()
@@ -303,8 +313,7 @@ func (s *Store) SetAutoAdvance(on bool) {
 }
 
 // Miniredis returns the miniredis server behind the store, to inspect its
-// keys. A throttle key is kept under the Redis key
-// throttle.DefaultKeyPrefix + key. To make the store fail, call Fail rather
+// keys, whose names Keys returns. To make the store fail, call Fail rather
 // than closing the server: once closed, its port may be reused by another
 // test's server.
 //
@@ -315,6 +324,12 @@ func (s *Store) Miniredis() *miniredis.Miniredis { return s.mr }
 
 // Client returns the go-redis client connected to the miniredis server.
 func (s *Store) Client() *redis.Client { return s.client }
+
+// Keys returns the names of the Redis keys that a throttle of key under
+// limit may write on the miniredis server, as throttle.RedisStore.Keys does
+// with the default key prefix: its slots (or, for a limit above 64, its
+// list), then the record of its holds.
+func (s *Store) Keys(key string, limit int) []string { return s.redis.Keys(key, limit) }
 
 // enter answers a store call as Fail and SetLatency ask: it sleeps the
 // latency, then locks the store. It returns the failure set with Fail, with

@@ -16,6 +16,11 @@ import (
 	"github.com/dthrottle/throttle"
 )
 
+// step is the distance between two chained bookings of one slot: a booked
+// start comes 1 ms after the interval of the slot's previous holder, as on
+// Redis, which keeps a key through its expiry millisecond.
+func step(interval time.Duration) time.Duration { return interval + time.Millisecond }
+
 // at returns the times start+ds.
 func at(start time.Time, ds ...time.Duration) []time.Time {
 	ts := make([]time.Time, len(ds))
@@ -198,7 +203,7 @@ func TestAdmittedRecordsBookedStarts(t *testing.T) {
 				require.NoError(t, err, "Take %d", i)
 				require.True(t, r.OK, "Take %d: got %+v", i, r)
 				res = append(res, r)
-				want = append(want, time.Duration(i/limit)*I)
+				want = append(want, time.Duration(i/limit)*step(I))
 			}
 			assert.Equal(t, at(start, want...), s.Admitted("k"), "Admitted after bookings")
 
@@ -222,7 +227,8 @@ func TestAdmittedRecordsBookedStarts(t *testing.T) {
 
 func TestWaitSleepsInRealTime(t *testing.T) {
 	// Without auto-advance, a waiting call sleeps in real time and the
-	// fake clock stands still, so bookings pile up one interval apart.
+	// fake clock stands still, so bookings pile up one interval and 1 ms
+	// apart.
 	t.Parallel()
 	s := New(t)
 	const interval = 50 * time.Millisecond
@@ -235,36 +241,53 @@ func TestWaitSleepsInRealTime(t *testing.T) {
 		require.True(t, send(), "waiting call %d", i)
 	}
 	elapsed := time.Since(begin)
-	assert.GreaterOrEqual(t, elapsed, 3*interval, "real time for calls booked at 0, 50ms and 100ms")
+	assert.GreaterOrEqual(t, elapsed, step(interval)+2*step(interval), "real time for calls booked at 0, 51ms and 102ms")
 	assert.Less(t, elapsed, time.Second, "real time for three waiting calls")
 	assert.Equal(t, start, s.Now(), "fake clock after waiting calls")
-	assert.Equal(t, at(start, 0, interval, 2*interval), s.Admitted("report"), "Admitted")
+	assert.Equal(t, at(start, 0, step(interval), 2*step(interval)), s.Admitted("report"), "Admitted")
 }
 
 func TestWaitCutShortLeavesAdmitted(t *testing.T) {
 	t.Parallel()
 	s := New(t)
-	const interval = 200 * time.Millisecond
+	// The wait is long, so that the call is still asleep when its context
+	// ends, however slow the machine.
+	const interval = time.Minute
 	var calls atomic.Int32
 	send := throttle.WrapErr("report", interval,
 		func(context.Context) (int, error) { return int(calls.Add(1)), nil },
-		append(s.Options(), throttle.WithWait(time.Second))...)
+		append(s.Options(), throttle.WithWait(time.Hour))...)
 
 	_, err := send(t.Context())
 	require.NoError(t, err, "first call")
+
+	// The second call books the start after the first one's interval and
+	// sleeps until it. Its context ends only once the booking is made.
 	ctx, cancel := context.WithCancel(t.Context())
-	timer := time.AfterFunc(20*time.Millisecond, cancel)
-	defer timer.Stop()
-	_, err = send(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := send(ctx)
+		done <- err
+	}()
+	waitForCount(t, s, "report", 2)
+	assert.Equal(t, at(start, 0, step(interval)), s.Admitted("report"), "Admitted during the wait")
+	cancel()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("waiting call did not return after its context ended")
+	}
 	require.ErrorIs(t, err, context.Canceled, "waiting call whose context ends")
 	assert.Equal(t, int32(1), calls.Load(), "fn calls")
 	assert.Equal(t, at(start, 0), s.Admitted("report"), "Admitted after a wait cut short")
+	assert.Equal(t, start, s.Now(), "fake clock after a wait cut short")
 
 	// The start was handed back: the next booking gets it.
 	s.SetAutoAdvance(true)
 	_, err = send(t.Context())
 	require.NoError(t, err, "call with auto-advance")
-	assert.Equal(t, at(start, 0, interval), s.Admitted("report"), "Admitted")
+	assert.Equal(t, at(start, 0, step(interval)), s.Admitted("report"), "Admitted")
 }
 
 func TestAutoAdvanceRunsWaitsAtOnce(t *testing.T) {
@@ -282,8 +305,8 @@ func TestAutoAdvanceRunsWaitsAtOnce(t *testing.T) {
 	}
 	assert.Less(t, time.Since(begin), time.Second, "real time for four calls one minute apart")
 	assert.Equal(t, int32(4), calls.Load(), "fn calls")
-	assert.Equal(t, at(start, 0, interval, 2*interval, 3*interval), s.Admitted("report"), "Admitted")
-	assert.Equal(t, start.Add(3*interval), s.Now(), "fake clock after the last booked start")
+	assert.Equal(t, at(start, 0, step(interval), 2*step(interval), 3*step(interval)), s.Admitted("report"), "Admitted")
+	assert.Equal(t, start.Add(3*step(interval)), s.Now(), "fake clock after the last booked start")
 
 	// Drop mode still sees the clock: the last start was just now.
 	d, err := throttle.New("report", interval, s.Options()...)
@@ -296,8 +319,8 @@ func TestAutoAdvanceRunsWaitsAtOnce(t *testing.T) {
 	s.SetAutoAdvance(false)
 	res, err := s.Take(t.Context(), "report", throttle.Request{Interval: interval, Limit: 1, MaxWait: time.Hour})
 	require.NoError(t, err, "booking Take with auto-advance off")
-	assert.Equal(t, interval, res.Delay, "booking delay with auto-advance off")
-	assert.Equal(t, start.Add(3*interval), s.Now(), "fake clock after a booking with auto-advance off")
+	assert.Equal(t, step(interval), res.Delay, "booking delay with auto-advance off")
+	assert.Equal(t, start.Add(3*step(interval)), s.Now(), "fake clock after a booking with auto-advance off")
 }
 
 func TestAutoAdvanceConcurrentWaitersKeepLimit(t *testing.T) {
@@ -323,7 +346,7 @@ func TestAutoAdvanceConcurrentWaitersKeepLimit(t *testing.T) {
 	}
 	var want []time.Duration
 	for i := range n {
-		want = append(want, time.Duration(i/limit)*interval)
+		want = append(want, time.Duration(i/limit)*step(interval))
 	}
 	assert.Equal(t, at(start, want...), s.Admitted("job"), "Admitted for %d waiters, limit %d", n, limit)
 }
@@ -502,8 +525,10 @@ func TestAdvanceMovesTimeAndExpiry(t *testing.T) {
 	ctx := t.Context()
 	_, err := s.Take(ctx, "k", throttle.Request{Interval: 10 * time.Second, Limit: 1})
 	require.NoError(t, err)
-	rkey := throttle.DefaultKeyPrefix + "k"
-	for _, step := range []struct {
+	keys := s.Keys("k", 1)
+	require.Equal(t, throttle.NewRedisStore(s.Client()).Keys("k", 1), keys, "Keys: those of a RedisStore with the default prefix")
+	rkey := keys[0] // the slot of a limit of 1
+	for _, tc := range []struct {
 		advance time.Duration
 		ttl     time.Duration // -2 (ns, as go-redis reports it): no key
 	}{
@@ -512,14 +537,14 @@ func TestAdvanceMovesTimeAndExpiry(t *testing.T) {
 		{5999 * time.Millisecond, time.Millisecond},
 		{time.Millisecond, -2},
 	} {
-		s.Advance(step.advance)
+		s.Advance(tc.advance)
 		now := s.Now()
 		got, err := s.Client().Time(ctx).Result()
 		require.NoError(t, err, "TIME")
 		assert.True(t, now.Equal(got), "TIME at %v: got %v, want %v", now.Sub(start), got, now)
 		ttl, err := s.Client().PTTL(ctx, rkey).Result()
 		require.NoError(t, err, "PTTL")
-		assert.Equal(t, step.ttl, ttl, "PTTL at %v", now.Sub(start))
+		assert.Equal(t, tc.ttl, ttl, "PTTL at %v", now.Sub(start))
 	}
 	assert.False(t, s.Miniredis().Exists(rkey), "key after its interval")
 	assert.PanicsWithValue(t, "throttletest: Advance(-1ns): negative duration", func() { s.Advance(-1) })
@@ -546,7 +571,7 @@ func TestRunAndClose(t *testing.T) {
 	assert.Error(t, err, "Take after Close")
 }
 
-func TestBlockHoldsOnTheFakeClock(t *testing.T) {
+func TestHoldOnTheFakeClock(t *testing.T) {
 	s := New(t)
 	th, err := throttle.New("held", time.Second, s.Options()...)
 	require.NoError(t, err)
@@ -560,6 +585,18 @@ func TestBlockHoldsOnTheFakeClock(t *testing.T) {
 	d, err = th.Allow(ctx)
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "Allow once the hold has passed")
+}
+
+// waitForCount waits, in real time, until s has admitted n starts of key.
+func waitForCount(t *testing.T, s *Store, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Count(key) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("Count(%q) = %d after 30s, want %d", key, s.Count(key), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // allowConcurrently makes n concurrent Allow calls on th and returns how
