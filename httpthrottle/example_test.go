@@ -1,4 +1,4 @@
-package throttle_test
+package httpthrottle_test
 
 import (
 	"errors"
@@ -11,19 +11,25 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dthrottle/throttle"
+	"github.com/dthrottle/throttle/httpthrottle"
 )
 
 // A Transport throttles every request of an http.Client: here one request
-// per hour to each host, so the second request is not sent. Add
-// throttle.WithThrottleOptions(throttle.WithStore(throttle.NewRedisStore(client)))
-// to share the limit with every process that uses the same Redis server.
+// per hour to each host, so the second request is not sent. Give the
+// Keyed throttle.WithStore(throttle.NewRedisStore(client)) to share the
+// limit with every process that uses the same Redis server.
 func ExampleNewTransport() {
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "hello")
 	}))
 	defer api.Close()
 
-	rt, err := throttle.NewTransport(nil, time.Hour)
+	k, err := throttle.NewKeyed(time.Hour)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	rt, err := httpthrottle.NewTransport(nil, k)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -56,7 +62,12 @@ func ExampleNewTransport_retryAfter() {
 	}))
 	defer api.Close()
 
-	rt, err := throttle.NewTransport(nil, time.Second)
+	k, err := throttle.NewKeyed(time.Second)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	rt, err := httpthrottle.NewTransport(nil, k)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -89,15 +100,17 @@ func ExampleWithKeyFunc() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ContextTimeoutEnabled: true})
 	defer rdb.Close()
 
-	rt, err := throttle.NewTransport(nil, time.Second,
-		throttle.WithKeyFunc(func(r *http.Request) string {
-			return throttle.HostKey(r) + "/" + r.Header.Get("X-Api-Token")
+	k, err := throttle.NewKeyed(time.Second,
+		throttle.WithStore(throttle.NewRedisStore(rdb)),
+		throttle.WithLimit(5)) // 5 requests per second per token
+	if err != nil {
+		panic(err)
+	}
+	rt, err := httpthrottle.NewTransport(nil, k,
+		httpthrottle.WithKeyFunc(func(r *http.Request) string {
+			return httpthrottle.HostKey(r) + "/" + r.Header.Get("X-Api-Token")
 		}),
-		throttle.WithThrottleOptions(
-			throttle.WithStore(throttle.NewRedisStore(rdb)),
-			throttle.WithLimit(5),              // 5 requests per second per token
-			throttle.WithWait(10*time.Second)), // wait for a turn instead of failing
-	)
+		httpthrottle.WithWait(10*time.Second)) // wait for a turn instead of failing
 	if err != nil {
 		panic(err)
 	}
@@ -119,6 +132,6 @@ func ExampleWithKeyFunc() {
 
 func ExampleHostKey() {
 	req, _ := http.NewRequest(http.MethodGet, "https://API.example.com/v1/items", nil)
-	fmt.Println(throttle.HostKey(req))
+	fmt.Println(httpthrottle.HostKey(req))
 	// Output: api.example.com:443
 }

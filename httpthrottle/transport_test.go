@@ -1,4 +1,4 @@
-package throttle
+package httpthrottle
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dthrottle/throttle"
 	"github.com/dthrottle/throttle/internal/redistest"
 	"github.com/dthrottle/throttle/internal/simevent"
 )
@@ -103,35 +106,59 @@ func get(ctx context.Context, rt http.RoundTripper, url string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func newTransport(t *testing.T, interval time.Duration, opts ...TransportOption) *Transport {
+func newKeyed(t *testing.T, interval time.Duration, opts ...throttle.Option) *throttle.Keyed {
 	t.Helper()
-	tr, err := NewTransport(nil, interval, opts...)
-	require.NoError(t, err, "NewTransport(nil, %v, ...)", interval)
+	k, err := throttle.NewKeyed(interval, opts...)
+	require.NoError(t, err, "NewKeyed(%v, ...)", interval)
+	return k
+}
+
+func newTransport(t *testing.T, k *throttle.Keyed, opts ...Option) *Transport {
+	t.Helper()
+	tr, err := NewTransport(nil, k, opts...)
+	require.NoError(t, err, "NewTransport(nil, k, ...)")
 	t.Cleanup(tr.CloseIdleConnections)
 	return tr
 }
 
-// redisServer is a Redis server for the shared-limit tests; hook, if not
-// nil, must be added to every client of it.
-type redisServer struct {
+// sharedStore is a store for the shared-limit tests: open returns a Store
+// on it as another process would have (its own client, for Redis).
+type sharedStore struct {
 	name string
-	addr string
-	hook redis.Hook
+	open func(t *testing.T) throttle.Store
 }
 
-// redisServers returns the Redis servers the shared-limit tests run on: a
-// miniredis on the real clock (see miniredisClock), and a real
-// redis-server when it is installed (required with
-// THROTTLE_REQUIRE_REDIS=1).
-func redisServers(t *testing.T) []redisServer {
+// sharedStores returns the stores the shared-limit tests run on: one
+// MemoryStore shared by the "processes" (each with a Keyed of its own, so
+// a deny cache of its own), a miniredis on the real clock (see
+// miniredisClock), and a real redis-server when it is installed (required
+// with THROTTLE_REQUIRE_REDIS=1).
+func sharedStores(t *testing.T) []sharedStore {
+	mem := throttle.NewMemoryStore()
 	mr := miniredis.RunT(t)
-	servers := []redisServer{{name: "miniredis", addr: mr.Addr(), hook: newMiniredisClock(mr)}}
-	if redistest.Available() || requireRedis() {
-		servers = append(servers, redisServer{name: "redis", addr: redistest.Start(t).Addr})
-	} else {
-		t.Log("redis-server not found: the test runs on miniredis only")
+	clock := newMiniredisClock(mr)
+	stores := []sharedStore{
+		{name: "memory", open: func(*testing.T) throttle.Store { return mem }},
+		{name: "miniredis", open: func(t *testing.T) throttle.Store { return redisStore(t, mr.Addr(), clock) }},
 	}
-	return servers
+	if redistest.Available() || os.Getenv("THROTTLE_REQUIRE_REDIS") == "1" {
+		addr := redistest.Start(t).Addr
+		stores = append(stores, sharedStore{name: "redis", open: func(t *testing.T) throttle.Store { return redisStore(t, addr, nil) }})
+	} else {
+		t.Log("redis-server not found: the test runs on MemoryStore and miniredis only")
+	}
+	return stores
+}
+
+// redisStore returns a RedisStore with its own client on addr, as a
+// separate process would have; hook, if not nil, is added to the client.
+func redisStore(t *testing.T, addr string, hook redis.Hook) throttle.Store {
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	if hook != nil {
+		c.AddHook(hook)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return throttle.NewRedisStore(c)
 }
 
 // miniredisClock is a go-redis hook that sets a miniredis's clock (TIME
@@ -179,62 +206,61 @@ func (c *miniredisClock) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	}
 }
 
-// redisTransport returns a Transport with its own Redis client on srv, as
-// a separate process would have.
-func redisTransport(t *testing.T, srv redisServer, interval time.Duration, opts ...Option) *Transport {
+// sharedTransport returns a Transport on a store of s of its own, as
+// another process would have.
+func sharedTransport(t *testing.T, s sharedStore, interval time.Duration, kopts []throttle.Option, opts ...Option) *Transport {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: srv.addr, ContextTimeoutEnabled: true})
-	if srv.hook != nil {
-		c.AddHook(srv.hook)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	opts = append([]Option{WithStore(NewRedisStore(c)), WithTimeout(time.Second)}, opts...)
-	return newTransport(t, interval, WithThrottleOptions(opts...))
+	kopts = append([]throttle.Option{throttle.WithStore(s.open(t)), throttle.WithTimeout(time.Second)}, kopts...)
+	return newTransport(t, newKeyed(t, interval, kopts...), opts...)
 }
 
 func TestNewTransportErrors(t *testing.T) {
+	k := newKeyed(t, time.Second)
 	tests := []struct {
-		name     string
-		interval time.Duration
-		opts     []TransportOption
-		want     string
+		name string
+		k    *throttle.Keyed
+		opts []Option
+		want string
 	}{
-		{"interval below 1ms", time.Microsecond, nil, "throttle: interval 1µs is below 1ms"},
-		{"bad limit", time.Second, []TransportOption{WithThrottleOptions(WithLimit(0))}, "throttle: limit 0 is below 1"},
-		{"nil store", time.Second, []TransportOption{WithThrottleOptions(WithStore(nil))}, "throttle: nil store"},
-		{"negative wait", time.Second, []TransportOption{WithThrottleOptions(WithWait(-time.Second))}, "throttle: negative wait -1s"},
-		{"nil key func", time.Second, []TransportOption{WithKeyFunc(nil)}, "throttle: nil key func"},
-		{"negative max retry-after", time.Second, []TransportOption{WithMaxRetryAfter(-time.Second)}, "throttle: negative max retry-after -1s"},
-		{"huge max retry-after", time.Second, []TransportOption{WithMaxRetryAfter(MaxInterval + 1)}, "throttle: max retry-after 87600h0m0.000000001s is above 87600h0m0s"},
-		{"negative default retry-after", time.Second, []TransportOption{WithDefaultRetryAfter(-time.Second)}, "throttle: negative default retry-after -1s"},
-		{"huge default retry-after", time.Second, []TransportOption{WithDefaultRetryAfter(MaxInterval + 1)}, "throttle: default retry-after 87600h0m0.000000001s is above 87600h0m0s"},
-		{"bad status", time.Second, []TransportOption{WithBackoffStatuses(429, 99)}, "throttle: backoff status 99 is not an HTTP status"},
+		{"nil Keyed", nil, nil, "httpthrottle: nil Keyed"},
+		{"nil key func", k, []Option{WithKeyFunc(nil)}, "httpthrottle: nil key func"},
+		{"negative wait", k, []Option{WithWait(-time.Second)}, "httpthrottle: negative wait -1s"},
+		{"huge wait", k, []Option{WithWait(throttle.MaxInterval + 1)}, "httpthrottle: wait 87600h0m0.000000001s is above 87600h0m0s"},
+		{"negative max retry-after", k, []Option{WithMaxRetryAfter(-time.Second)}, "httpthrottle: negative max retry-after -1s"},
+		{"huge max retry-after", k, []Option{WithMaxRetryAfter(throttle.MaxInterval + 1)}, "httpthrottle: max retry-after 87600h0m0.000000001s is above 87600h0m0s"},
+		{"negative default retry-after", k, []Option{WithDefaultRetryAfter(-time.Second)}, "httpthrottle: negative default retry-after -1s"},
+		{"huge default retry-after", k, []Option{WithDefaultRetryAfter(throttle.MaxInterval + 1)}, "httpthrottle: default retry-after 87600h0m0.000000001s is above 87600h0m0s"},
+		{"bad status", k, []Option{WithBackoffStatuses(429, 99)}, "httpthrottle: backoff status 99 is not an HTTP status"},
+		{"status above 599", k, []Option{WithBackoffStatuses(600)}, "httpthrottle: backoff status 600 is not an HTTP status"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr, err := NewTransport(nil, tt.interval, tt.opts...)
-			assert.EqualError(t, err, tt.want, "NewTransport(nil, %v, ...)", tt.interval)
+			tr, err := NewTransport(nil, tt.k, tt.opts...)
+			assert.EqualError(t, err, tt.want, "NewTransport(nil, k, ...)")
 			assert.Nil(t, tr)
 		})
 	}
 }
 
 func TestNewTransportDefaults(t *testing.T) {
-	tr, err := NewTransport(nil, time.Second, nil)
+	k := newKeyed(t, time.Second)
+	tr, err := NewTransport(nil, k, nil)
 	require.NoError(t, err)
 	assert.Same(t, http.DefaultTransport, tr.base, "base of NewTransport(nil, ...)")
-	assert.Equal(t, DefaultMaxRetryAfter, tr.maxRetry)
+	assert.Same(t, k, tr.k)
+	assert.Equal(t, time.Hour, tr.maxRetry)
+	assert.Zero(t, tr.defRetry)
 	assert.Equal(t, []int{429, 503}, tr.statuses)
 	assert.Zero(t, tr.wait, "drop mode by default")
+	assert.Equal(t, "http:", tr.prefix)
 
-	tr, err = NewTransport(nil, time.Second, WithMaxRetryAfter(0), WithThrottleOptions(WithWait(time.Second)), WithThrottleOptions(WithLimit(2)))
+	tr, err = NewTransport(nil, k, WithMaxRetryAfter(0), WithWait(time.Second),
+		WithKeyPrefix("a:"), WithKeyPrefix("b:"), WithBackoffStatuses(429), WithBackoffStatuses())
 	require.NoError(t, err)
-	assert.Equal(t, DefaultMaxRetryAfter, tr.maxRetry, "WithMaxRetryAfter(0)")
+	assert.Equal(t, time.Hour, tr.maxRetry, "WithMaxRetryAfter(0)")
 	assert.Equal(t, time.Second, tr.wait, "wait mode from WithWait")
-	th, err := tr.throttle("k")
-	require.NoError(t, err)
-	assert.Equal(t, 2, th.Limit(), "options of several WithThrottleOptions add up")
-	assert.Equal(t, "http:k", th.Key())
+	assert.Equal(t, "b:", tr.prefix, "the last WithKeyPrefix wins")
+	assert.Empty(t, tr.statuses, "the last WithBackoffStatuses wins")
 }
 
 func TestHostKey(t *testing.T) {
@@ -268,9 +294,9 @@ func TestParseRetryAfter(t *testing.T) {
 		{"1.5", 0, false},
 		{"soon", 0, false},
 		{"", 0, false},
-		{"99999999999999999999999", MaxInterval, true},
+		{"99999999999999999999999", throttle.MaxInterval, true},
 		{"99999999999999999999999x", 0, false},
-		{"315360000000", MaxInterval, true},
+		{"315360000000", throttle.MaxInterval, true},
 		{"Thu, 01 Jan 2026 12:00:30 GMT", 30 * time.Second, true},
 		{"Thursday, 01-Jan-26 12:01:00 GMT", time.Minute, true}, // RFC 850
 		{"Thu Jan  1 12:00:05 2026", 5 * time.Second, true},     // asctime
@@ -294,7 +320,7 @@ func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
 func TestTransportDropsThrottledRequests(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t, nil)
-	tr := newTransport(t, time.Hour)
+	tr := newTransport(t, newKeyed(t, time.Hour))
 	ctx := t.Context()
 
 	status, err := get(ctx, tr, up.URL)
@@ -302,10 +328,10 @@ func TestTransportDropsThrottledRequests(t *testing.T) {
 	assert.Equal(t, http.StatusOK, status)
 
 	// Through http.Client: the error is a *url.Error around the
-	// *ThrottledError.
+	// *throttle.ThrottledError.
 	_, err = get(ctx, tr, up.URL+"/other/path")
-	assert.ErrorIs(t, err, ErrThrottled, "second request to the same host")
-	var te *ThrottledError
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "second request to the same host")
+	var te *throttle.ThrottledError
 	require.ErrorAs(t, err, &te)
 	assert.Equal(t, "http:"+strings.TrimPrefix(up.URL, "http://"), te.Key)
 	assert.InDelta(t, float64(time.Hour), float64(te.RetryAfter), float64(time.Minute), "RetryAfter")
@@ -316,7 +342,7 @@ func TestTransportDropsThrottledRequests(t *testing.T) {
 	require.NoError(t, err)
 	resp, err := tr.RoundTrip(req)
 	assert.Nil(t, resp, "response of a throttled RoundTrip")
-	assert.ErrorIs(t, err, ErrThrottled, "throttled RoundTrip")
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "throttled RoundTrip")
 	assert.True(t, body.closed.Load(), "body of a request that was not sent: closed")
 	assert.Equal(t, 1, up.count(), "requests that reached the upstream")
 
@@ -330,7 +356,7 @@ func TestTransportDropsThrottledRequests(t *testing.T) {
 func TestTransportKeyFunc(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t, nil)
-	tr := newTransport(t, time.Hour, WithTransportKeyPrefix("api:"), WithKeyFunc(func(r *http.Request) string {
+	tr := newTransport(t, newKeyed(t, time.Hour), WithKeyPrefix("api:"), WithKeyFunc(func(r *http.Request) string {
 		return r.Header.Get("X-Token") // "" (no token): not throttled
 	}))
 	send := func(token string) error {
@@ -348,8 +374,8 @@ func TestTransportKeyFunc(t *testing.T) {
 	assert.NoError(t, send("a"), "first request with token a")
 	assert.NoError(t, send("b"), "first request with token b")
 	err := send("a")
-	assert.ErrorIs(t, err, ErrThrottled, "second request with token a")
-	var te *ThrottledError
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "second request with token a")
+	var te *throttle.ThrottledError
 	require.ErrorAs(t, err, &te)
 	assert.Equal(t, "api:a", te.Key, "key of the throttled request")
 	for i := range 3 {
@@ -362,7 +388,7 @@ func TestTransportWaitsForTurn(t *testing.T) {
 	t.Parallel()
 	const interval = 100 * time.Millisecond
 	up := newUpstream(t, nil)
-	tr := newTransport(t, interval, WithThrottleOptions(WithWait(5*time.Second)))
+	tr := newTransport(t, newKeyed(t, interval), WithWait(5*time.Second))
 	for i := range 3 {
 		status, err := get(t.Context(), tr, up.URL)
 		require.NoError(t, err, "request %d", i)
@@ -383,14 +409,14 @@ func TestTransportWaitHonoursContext(t *testing.T) {
 
 	t.Run("deadline before the turn", func(t *testing.T) {
 		t.Parallel()
-		tr := newTransport(t, time.Hour, WithThrottleOptions(WithWait(2*time.Hour)))
+		tr := newTransport(t, newKeyed(t, time.Hour), WithWait(2*time.Hour))
 		_, err := get(t.Context(), tr, up.URL)
 		require.NoError(t, err, "first request")
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
 		begin := time.Now()
 		_, err = get(ctx, tr, up.URL)
-		assert.ErrorIs(t, err, ErrThrottled, "request whose turn is after its deadline")
+		assert.ErrorIs(t, err, throttle.ErrThrottled, "request whose turn is after its deadline")
 		assert.Less(t, time.Since(begin), 5*time.Second, "it returns without waiting for the turn")
 	})
 
@@ -398,7 +424,7 @@ func TestTransportWaitHonoursContext(t *testing.T) {
 		t.Parallel()
 		other := newUpstream(t, nil)
 		const interval = 300 * time.Millisecond
-		tr := newTransport(t, interval, WithThrottleOptions(WithWait(10*time.Second)))
+		tr := newTransport(t, newKeyed(t, interval), WithWait(10*time.Second))
 		_, err := get(t.Context(), tr, other.URL)
 		require.NoError(t, err, "first request")
 		ctx, cancel := context.WithCancel(t.Context())
@@ -413,8 +439,8 @@ func TestTransportWaitHonoursContext(t *testing.T) {
 }
 
 // TestTransportSharedBackoff runs pools of "processes" (goroutines, each
-// with its own Redis client and Transport) against one upstream, through
-// one Redis server. The upstream answers its third request with 429 and
+// with its own store client, Keyed and Transport) against one upstream,
+// through one shared store. The upstream answers its third request with 429 and
 // Retry-After: 1. It checks, from the upstream's arrival times and the
 // clients' ask times, that the limit held in every window and that no
 // request decided after the 429 reached the upstream before one second had
@@ -441,7 +467,7 @@ func TestTransportSharedBackoff(t *testing.T) {
 		// margin covers whole-millisecond expiries in Redis.
 		margin = 5 * time.Millisecond
 	)
-	for _, srv := range redisServers(t) {
+	for _, srv := range sharedStores(t) {
 		for _, c := range cases {
 			t.Run(srv.name+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
@@ -453,20 +479,20 @@ func TestTransportSharedBackoff(t *testing.T) {
 					return http.StatusOK
 				})
 				var (
-					mu        sync.Mutex
-					blockDone time.Time // when the RoundTrip that got the 429 returned
-					errs      []error
-					wg        sync.WaitGroup
+					mu       sync.Mutex
+					holdDone time.Time // when the RoundTrip that got the 429 returned
+					errs     []error
+					wg       sync.WaitGroup
 				)
 				end := time.Now().Add(duration)
 				for range workers {
-					tr := redisTransport(t, srv, c.interval, WithLimit(c.limit), WithWait(c.wait))
+					tr := sharedTransport(t, srv, c.interval, []throttle.Option{throttle.WithLimit(c.limit)}, WithWait(c.wait))
 					wg.Go(func() {
 						for time.Now().Before(end) {
 							ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 							status, err := get(ctx, tr, up.URL)
 							cancel()
-							var te *ThrottledError
+							var te *throttle.ThrottledError
 							switch {
 							case errors.As(err, &te):
 								time.Sleep(min(te.RetryAfter, 10*time.Millisecond) + rand.N(time.Millisecond))
@@ -476,7 +502,7 @@ func TestTransportSharedBackoff(t *testing.T) {
 								mu.Unlock()
 							case status == http.StatusTooManyRequests:
 								mu.Lock()
-								blockDone = time.Now()
+								holdDone = time.Now()
 								mu.Unlock()
 							}
 						}
@@ -486,7 +512,7 @@ func TestTransportSharedBackoff(t *testing.T) {
 				require.Empty(t, errs, "request errors")
 				got := up.got()
 				require.GreaterOrEqual(t, len(got), 3, "requests that reached the upstream")
-				require.False(t, blockDone.IsZero(), "no request got the 429")
+				require.False(t, holdDone.IsZero(), "no request got the 429")
 
 				var as []simevent.Admission
 				for _, a := range got {
@@ -504,10 +530,10 @@ func TestTransportSharedBackoff(t *testing.T) {
 				var during, after, early int
 				for _, a := range got[3:] {
 					switch {
-					case a.asked.After(blockDone) && a.at.Before(hold.Add(-margin)):
+					case a.asked.After(holdDone) && a.at.Before(hold.Add(-margin)):
 						early++
 						t.Errorf("request %d asked %v after the 429 was handled arrived %v before the Retry-After ended",
-							a.n, a.asked.Sub(blockDone), hold.Sub(a.at))
+							a.n, a.asked.Sub(holdDone), hold.Sub(a.at))
 					case a.at.Before(hold):
 						during++ // decided before the hold was set
 					default:
@@ -525,7 +551,7 @@ func TestTransportSharedBackoff(t *testing.T) {
 // TestTransportBackoffStopsBookedWaiters checks that a request waiting for
 // a turn booked before another process got a 429 does not take that turn
 // inside the hold: it waits for the hold to end and takes a new turn, or,
-// when its wait cannot cover the hold, returns ErrThrottled unsent.
+// when its wait cannot cover the hold, returns throttle.ErrThrottled unsent.
 func TestTransportBackoffStopsBookedWaiters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("shared backoff test skipped in -short mode")
@@ -535,7 +561,7 @@ func TestTransportBackoffStopsBookedWaiters(t *testing.T) {
 		retryAfter = time.Second
 		margin     = 5 * time.Millisecond
 	)
-	for _, srv := range redisServers(t) {
+	for _, srv := range sharedStores(t) {
 		for _, wait := range []time.Duration{5 * time.Second, 700 * time.Millisecond} {
 			t.Run(fmt.Sprintf("%s/wait %v", srv.name, wait), func(t *testing.T) {
 				t.Parallel()
@@ -553,15 +579,15 @@ func TestTransportBackoffStopsBookedWaiters(t *testing.T) {
 					return http.StatusTooManyRequests
 				})
 				booked := make(chan struct{}, 1)
-				a := redisTransport(t, srv, interval, WithWait(wait))
-				b := redisTransport(t, srv, interval, WithWait(wait), WithObserver(func(e Event) {
+				a := sharedTransport(t, srv, interval, nil, WithWait(wait))
+				b := sharedTransport(t, srv, interval, []throttle.Option{throttle.WithObserver(func(e throttle.Event) {
 					if e.Allowed && e.Delay > 0 {
 						select {
 						case booked <- struct{}{}:
 						default:
 						}
 					}
-				}))
+				})}, WithWait(wait))
 
 				type result struct {
 					status   int
@@ -602,7 +628,7 @@ func TestTransportBackoffStopsBookedWaiters(t *testing.T) {
 				}
 				got := up.got()
 				if wait < retryAfter {
-					assert.ErrorIs(t, rb.err, ErrThrottled, "waiter whose wait of %v cannot cover the hold", wait)
+					assert.ErrorIs(t, rb.err, throttle.ErrThrottled, "waiter whose wait of %v cannot cover the hold", wait)
 					assert.Len(t, got, 1, "requests that reached the upstream")
 					return
 				}
@@ -623,7 +649,7 @@ func TestTransportRetryAfterDate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("shared backoff test skipped in -short mode")
 	}
-	for _, srv := range redisServers(t) {
+	for _, srv := range sharedStores(t) {
 		t.Run(srv.name, func(t *testing.T) {
 			t.Parallel()
 			var untilNs atomic.Int64 // the Retry-After date
@@ -636,8 +662,8 @@ func TestTransportRetryAfterDate(t *testing.T) {
 				h.Set("Retry-After", until.UTC().Format(http.TimeFormat))
 				return http.StatusServiceUnavailable
 			})
-			a := redisTransport(t, srv, 10*time.Millisecond)
-			b := redisTransport(t, srv, 10*time.Millisecond)
+			a := sharedTransport(t, srv, 10*time.Millisecond, nil)
+			b := sharedTransport(t, srv, 10*time.Millisecond, nil)
 
 			status, err := get(t.Context(), a, up.URL)
 			require.NoError(t, err, "first request")
@@ -646,7 +672,7 @@ func TestTransportRetryAfterDate(t *testing.T) {
 
 			_, err = get(t.Context(), b, up.URL)
 			returned := time.Now()
-			var te *ThrottledError
+			var te *throttle.ThrottledError
 			require.ErrorAs(t, err, &te, "request from another process after the 503")
 			assert.GreaterOrEqual(t, te.RetryAfter, until.Sub(returned)-2*time.Millisecond, "RetryAfter: at least until the date")
 			assert.LessOrEqual(t, te.RetryAfter, 3*time.Second, "RetryAfter: the date is at most 2s after the response")
@@ -654,7 +680,7 @@ func TestTransportRetryAfterDate(t *testing.T) {
 			deadline := time.Now().Add(10 * time.Second)
 			for {
 				status, err = get(t.Context(), b, up.URL)
-				if err == nil || !errors.Is(err, ErrThrottled) || time.Now().After(deadline) {
+				if err == nil || !errors.Is(err, throttle.ErrThrottled) || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -674,7 +700,7 @@ func TestTransportBackoffStatuses(t *testing.T) {
 		name    string
 		status  int
 		header  string
-		opts    []TransportOption
+		opts    []Option
 		blocked bool
 	}{
 		{"429 with Retry-After", http.StatusTooManyRequests, "60", nil, true},
@@ -683,12 +709,12 @@ func TestTransportBackoffStatuses(t *testing.T) {
 		{"500 with Retry-After", http.StatusInternalServerError, "60", nil, false},
 		{"429 with Retry-After: 0", http.StatusTooManyRequests, "0", nil, false},
 		{"429 with an unreadable Retry-After", http.StatusTooManyRequests, "later", nil, false},
-		{"backoff turned off", http.StatusTooManyRequests, "60", []TransportOption{WithBackoffStatuses()}, false},
-		{"403 as a backoff status", http.StatusForbidden, "60", []TransportOption{WithBackoffStatuses(403)}, true},
-		{"429 without Retry-After, with a default", http.StatusTooManyRequests, "", []TransportOption{WithDefaultRetryAfter(time.Minute)}, true},
-		{"429 with an unreadable Retry-After, with a default", http.StatusTooManyRequests, "later", []TransportOption{WithDefaultRetryAfter(time.Minute)}, true},
-		{"429 with Retry-After: 0, with a default", http.StatusTooManyRequests, "0", []TransportOption{WithDefaultRetryAfter(time.Minute)}, false},
-		{"500 without Retry-After, with a default", http.StatusInternalServerError, "", []TransportOption{WithDefaultRetryAfter(time.Minute)}, false},
+		{"backoff turned off", http.StatusTooManyRequests, "60", []Option{WithBackoffStatuses()}, false},
+		{"403 as a backoff status", http.StatusForbidden, "60", []Option{WithBackoffStatuses(403)}, true},
+		{"429 without Retry-After, with a default", http.StatusTooManyRequests, "", []Option{WithDefaultRetryAfter(time.Minute)}, true},
+		{"429 with an unreadable Retry-After, with a default", http.StatusTooManyRequests, "later", []Option{WithDefaultRetryAfter(time.Minute)}, true},
+		{"429 with Retry-After: 0, with a default", http.StatusTooManyRequests, "0", []Option{WithDefaultRetryAfter(time.Minute)}, false},
+		{"500 without Retry-After, with a default", http.StatusInternalServerError, "", []Option{WithDefaultRetryAfter(time.Minute)}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -702,14 +728,14 @@ func TestTransportBackoffStatuses(t *testing.T) {
 				}
 				return tt.status
 			})
-			tr := newTransport(t, time.Millisecond, tt.opts...)
+			tr := newTransport(t, newKeyed(t, time.Millisecond), tt.opts...)
 			status, err := get(t.Context(), tr, up.URL)
 			require.NoError(t, err, "first request")
 			require.Equal(t, tt.status, status, "first response is returned unchanged")
 			time.Sleep(5 * time.Millisecond) // past the 1ms interval
 			_, err = get(t.Context(), tr, up.URL)
 			if tt.blocked {
-				var te *ThrottledError
+				var te *throttle.ThrottledError
 				require.ErrorAs(t, err, &te, "request after a %d with Retry-After %q", tt.status, tt.header)
 				assert.Greater(t, te.RetryAfter, 59*time.Second, "RetryAfter after Retry-After: %s", tt.header)
 				assert.Equal(t, 1, up.count(), "requests that reached the upstream")
@@ -731,7 +757,7 @@ func TestTransportMaxRetryAfter(t *testing.T) {
 		h.Set("Retry-After", "3600")
 		return http.StatusTooManyRequests
 	})
-	tr := newTransport(t, time.Millisecond, WithMaxRetryAfter(maxHold), WithThrottleOptions(WithWait(5*time.Second)))
+	tr := newTransport(t, newKeyed(t, time.Millisecond), WithMaxRetryAfter(maxHold), WithWait(5*time.Second))
 	status, err := get(t.Context(), tr, up.URL)
 	require.NoError(t, err, "first request")
 	require.Equal(t, http.StatusTooManyRequests, status)
@@ -745,9 +771,9 @@ func TestTransportMaxRetryAfter(t *testing.T) {
 	assert.Less(t, gap, 5*time.Second, "gap after the 429: the hold is capped at %v", maxHold)
 }
 
-// TestTransportBlockFailureStillReturnsResponse checks that a store that
+// TestTransportHoldFailureStillReturnsResponse checks that a store that
 // fails while the transport sets a hold does not hide the response.
-func TestTransportBlockFailureStillReturnsResponse(t *testing.T) {
+func TestTransportHoldFailureStillReturnsResponse(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t, func(n int, h http.Header) int {
 		h.Set("Retry-After", "60")
@@ -757,14 +783,14 @@ func TestTransportBlockFailureStillReturnsResponse(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	// Fail open, so that the request is sent with Redis down.
-	tr := newTransport(t, time.Millisecond, WithThrottleOptions(WithStore(NewRedisStore(c)), WithFailOpen()))
+	tr := newTransport(t, newKeyed(t, time.Millisecond, throttle.WithStore(throttle.NewRedisStore(c)), throttle.WithFailOpen()))
 	mr.Close()
 	status, err := get(t.Context(), tr, up.URL)
 	require.NoError(t, err, "request with Redis down, fail open")
 	assert.Equal(t, http.StatusTooManyRequests, status)
 	// This process holds off all the same.
 	_, err = get(t.Context(), tr, up.URL)
-	assert.ErrorIs(t, err, ErrThrottled, "request after the 429 with Redis down")
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "request after the 429 with Redis down")
 }
 
 // TestTransportConcurrentKeys checks that of concurrent first requests for
@@ -772,7 +798,7 @@ func TestTransportBlockFailureStillReturnsResponse(t *testing.T) {
 func TestTransportConcurrentKeys(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t, nil)
-	tr := newTransport(t, time.Hour)
+	tr := newTransport(t, newKeyed(t, time.Hour))
 	var wg sync.WaitGroup
 	var sent atomic.Int32
 	release := make(chan struct{})
@@ -788,4 +814,154 @@ func TestTransportConcurrentKeys(t *testing.T) {
 	wg.Wait()
 	assert.Equal(t, int32(1), sent.Load(), "requests sent out of 20 concurrent ones, limit 1 per hour")
 	assert.Equal(t, 1, up.count())
+}
+
+// deadRedis returns a RedisStore whose server is gone.
+func deadRedis(t *testing.T) throttle.Store {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	mr.Close()
+	return throttle.NewRedisStore(c)
+}
+
+// TestTransportStoreDown checks the Keyed's store-failure policy: fail
+// closed drops the request with an error matching ErrStoreUnavailable; the
+// fallback limit admits one request per interval and denies the next with
+// an error matching ErrThrottled too.
+func TestTransportStoreDown(t *testing.T) {
+	t.Parallel()
+	for _, wait := range []time.Duration{0, time.Second} {
+		t.Run(fmt.Sprintf("wait %v", wait), func(t *testing.T) {
+			t.Parallel()
+			up := newUpstream(t, nil)
+			closed := newTransport(t, newKeyed(t, time.Hour, throttle.WithStore(deadRedis(t))), WithWait(wait))
+			body := &closeRecorder{Reader: strings.NewReader("payload")}
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, up.URL, body)
+			require.NoError(t, err)
+			resp, err := closed.RoundTrip(req)
+			assert.Nil(t, resp)
+			assert.ErrorIs(t, err, throttle.ErrStoreUnavailable, "fail closed")
+			assert.NotErrorIs(t, err, throttle.ErrThrottled, "fail closed")
+			assert.True(t, body.closed.Load(), "body of a request that was not sent: closed")
+
+			fallback := newTransport(t, newKeyed(t, time.Hour, throttle.WithStore(deadRedis(t)), throttle.WithFallback(1)), WithWait(wait))
+			status, err := get(t.Context(), fallback, up.URL)
+			require.NoError(t, err, "first request under the fallback limit")
+			assert.Equal(t, http.StatusOK, status)
+			_, err = get(t.Context(), fallback, up.URL)
+			assert.ErrorIs(t, err, throttle.ErrStoreUnavailable, "second request under the fallback limit")
+			var te *throttle.ThrottledError
+			require.ErrorAs(t, err, &te, "second request under the fallback limit")
+			assert.Greater(t, te.RetryAfter, 59*time.Minute, "RetryAfter of the fallback limit")
+			assert.Equal(t, 1, up.count(), "requests that reached the upstream")
+		})
+	}
+}
+
+// edgeStore books every start a little past the wait it was given, as a
+// store whose answer took that long would.
+type edgeStore struct{ cancels atomic.Int32 }
+
+func (s *edgeStore) Take(_ context.Context, _ string, req throttle.Request) (throttle.Reservation, error) {
+	if req.MaxWait == 0 {
+		return throttle.Reservation{RetryAfter: time.Hour}, nil
+	}
+	return throttle.Reservation{OK: true, Delay: req.MaxWait + 50*time.Millisecond}, nil
+}
+
+func (s *edgeStore) Cancel(context.Context, string, throttle.Request, throttle.Reservation) error {
+	s.cancels.Add(1)
+	return nil
+}
+
+// TestTransportWaitRunsOut checks that a request whose turn comes after
+// its wait ran out is throttled and its turn handed back, while one whose
+// context ran out gets the context's error.
+func TestTransportWaitRunsOut(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, nil)
+	store := &edgeStore{}
+	tr := newTransport(t, newKeyed(t, time.Second, throttle.WithStore(store), throttle.WithDenyCache(false)), WithWait(100*time.Millisecond))
+	_, err := get(t.Context(), tr, up.URL)
+	var te *throttle.ThrottledError
+	require.ErrorAs(t, err, &te, "request whose turn is past its wait")
+	assert.NotErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, int32(1), store.cancels.Load(), "turns handed back")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, err = get(ctx, tr, up.URL)
+	assert.ErrorIs(t, err, context.DeadlineExceeded, "request whose context ran out")
+	assert.Zero(t, up.count(), "requests that reached the upstream")
+}
+
+// TestTransportKeyedWait checks that without the Transport's WithWait a
+// throttled request is dropped even when the Keyed has a wait, and that
+// the Keyed's wait caps the Transport's.
+func TestTransportKeyedWait(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, nil)
+	k := newKeyed(t, time.Hour, throttle.WithWait(time.Hour))
+	_, err := get(t.Context(), newTransport(t, k), up.URL)
+	require.NoError(t, err, "first request")
+	begin := time.Now()
+	_, err = get(t.Context(), newTransport(t, k), up.URL)
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "request without the Transport's WithWait")
+	assert.Less(t, time.Since(begin), time.Second, "it is dropped at once")
+
+	k = newKeyed(t, time.Hour, throttle.WithWait(time.Millisecond))
+	_, err = get(t.Context(), newTransport(t, k), up.URL)
+	require.NoError(t, err, "first request")
+	begin = time.Now()
+	_, err = get(t.Context(), newTransport(t, k, WithWait(2*time.Hour)), up.URL)
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "request whose Keyed waits 1ms")
+	assert.Less(t, time.Since(begin), time.Second, "it is throttled at once")
+	assert.Equal(t, 2, up.count(), "requests that reached the upstream")
+}
+
+// okTransport answers every request with 200 and an empty body, without a
+// network.
+type okTransport struct{}
+
+func (okTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: req, Header: http.Header{}}, nil
+}
+
+// TestTransportManyHostsKeepsNoState checks that a Transport used with
+// many distinct hosts keeps nothing per host beyond the Keyed's state,
+// which follows the hosts active within an interval: after 10,000 hosts,
+// and as many again, the heap has not grown with them.
+func TestTransportManyHostsKeepsNoState(t *testing.T) {
+	const hosts = 10_000
+	tr, err := NewTransport(okTransport{}, newKeyed(t, time.Millisecond))
+	require.NoError(t, err)
+	ctx := t.Context()
+	round := func(r int) {
+		for i := range hosts {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://h%d-%d.example/", r, i), nil)
+			require.NoError(t, err)
+			resp, err := tr.RoundTrip(req)
+			require.NoError(t, err, "first request to host %d of round %d", i, r)
+			_ = resp.Body.Close()
+		}
+		time.Sleep(5 * time.Millisecond) // past the hosts' interval
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	round(0) // warm up: the shards' maps reach their working size
+	before := heap()
+	for r := 1; r <= 3; r++ {
+		round(r)
+	}
+	after := heap()
+	grown := int64(after) - int64(before)
+	t.Logf("heap after %d hosts: %d KiB; after %d more: %d KiB (%+d B per host)",
+		hosts, before>>10, 3*hosts, after>>10, grown/(3*hosts))
+	assert.Less(t, grown, int64(1<<20), "heap growth over %d more hosts", 3*hosts)
+	runtime.KeepAlive(tr)
 }

@@ -1,7 +1,7 @@
-// Command httpclient shows throttle.Transport: a pool of workers shares one
-// http.Client whose Transport throttles every request to an API, through
-// Redis, and backs off for the whole pool when the API answers 429 Too Many
-// Requests with a Retry-After.
+// Command httpclient shows httpthrottle.Transport: a pool of workers shares
+// one http.Client whose Transport throttles every request to an API,
+// through Redis, and backs off for the whole pool when the API answers 429
+// Too Many Requests with a Retry-After.
 //
 // The fake API (an httptest server) allows 5 requests per second in fixed
 // windows and answers the rest with 429 and a Retry-After of the seconds
@@ -41,6 +41,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dthrottle/throttle"
+	"github.com/dthrottle/throttle/httpthrottle"
 )
 
 func main() {
@@ -106,11 +107,13 @@ func run(args []string, stdout io.Writer) error {
 
 	// The whole point: one Transport, shared through Redis. Every process
 	// built this way, with the same Redis, shares the limit and the backoff.
-	rt, err := throttle.NewTransport(nil, *interval, throttle.WithThrottleOptions(
+	k, err := throttle.NewKeyed(*interval,
 		throttle.WithStore(throttle.NewRedisStore(rdb)),
-		throttle.WithLimit(*limit),
-		throttle.WithWait(*wait),
-	))
+		throttle.WithLimit(*limit))
+	if err != nil {
+		return err
+	}
+	rt, err := httpthrottle.NewTransport(nil, k, httpthrottle.WithWait(*wait))
 	if err != nil {
 		return err
 	}
