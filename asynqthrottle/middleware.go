@@ -1,0 +1,204 @@
+package asynqthrottle
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/dthrottle/throttle"
+)
+
+// Limiter decides whether one task of a key may run now. Allow must record
+// the start when it admits, and must be safe for concurrent use.
+//
+// Allow returns (Decision{Allowed: false, RetryAfter: d}, nil) for a task
+// the limit denies, and an error matching throttle.ErrStoreUnavailable when
+// its store failed; the Decision then carries the limiter's fail policy
+// (Allowed true to fail open). Any other error (for example the task
+// context's error) is returned to asynq as the handler's error.
+//
+// *throttle.Keyed satisfies Limiter.
+type Limiter interface {
+	Allow(ctx context.Context, key string) (throttle.Decision, error)
+}
+
+// KeyFunc returns the throttle key of a task. An empty key runs the task
+// without asking the limiter; an error is returned to asynq as the
+// handler's error (a failure, retried by asynq's rules).
+type KeyFunc func(t *asynq.Task) (string, error)
+
+// TypeKey is the default KeyFunc: the task's type.
+func TypeKey(t *asynq.Task) (string, error) { return t.Type(), nil }
+
+const (
+	// DefaultJitter is the default bound of the random delay added to a
+	// re-queued task's retry-after (see WithJitter). asynq keeps retry
+	// times in whole seconds, so a smaller jitter would rarely separate
+	// tasks that were throttled together.
+	DefaultJitter = time.Second
+	// DefaultStoreRetryDelay is the default delay before a task is run
+	// again after the limiter's store failed closed (see
+	// WithStoreRetryDelay).
+	DefaultStoreRetryDelay = time.Second
+	// minHoldSleep is the shortest sleep between two decisions while a
+	// task waits in the handler, so that a retry-after of 0 does not spin.
+	minHoldSleep = time.Millisecond
+)
+
+// Option configures Middleware.
+type Option func(*config)
+
+type config struct {
+	key        KeyFunc
+	jitter     time.Duration
+	storeDelay time.Duration
+	wait       time.Duration
+}
+
+// WithKeyFunc sets how a task's throttle key is found; the default is
+// TypeKey. Tasks whose key is empty are not throttled.
+func WithKeyFunc(f KeyFunc) Option {
+	return func(c *config) { c.key = f }
+}
+
+// WithJitter sets the bound of the random delay, uniform in [0, max), that
+// is added to the retry-after of a re-queued task so that tasks throttled
+// together do not come back together. The default is DefaultJitter; 0
+// adds none.
+func WithJitter(max time.Duration) Option {
+	return func(c *config) { c.jitter = max }
+}
+
+// WithStoreRetryDelay sets how long a task waits before it is tried again
+// when the limiter's store failed and the limiter failed closed. The
+// default is DefaultStoreRetryDelay. Jitter is added as for a throttled
+// task.
+func WithStoreRetryDelay(d time.Duration) Option {
+	return func(c *config) { c.storeDelay = d }
+}
+
+// WithWait lets a throttled task wait in its handler, holding its worker
+// slot, for up to max in total instead of going back to the queue at
+// once: while the retry-after fits in what is left of max, the middleware
+// sleeps for it (plus a little jitter) and asks the limiter again. This
+// gives sub-second intervals their full rate, which asynq's whole-second
+// retry times cannot. The default is 0: every throttled task is re-queued,
+// except tasks asynq would archive (see the package documentation).
+func WithWait(max time.Duration) Option {
+	return func(c *config) { c.wait = max }
+}
+
+// Middleware returns asynq middleware that runs a task only when lim
+// admits its key (by default its type; see WithKeyFunc). A task that is
+// not admitted is not run: the handler returns a *ThrottledError, and the
+// asynq.Config hooks IsFailure and RetryDelay (or Configure) put the task
+// back in the queue after the error's Delay without counting a failure or
+// using up a retry. A task whose retries are used up (Retried >= MaxRetry,
+// for example every task enqueued with asynq.MaxRetry(0)) cannot be
+// re-queued that way, since asynq archives it on any error: it waits in
+// its handler for its turn instead, as long as its context allows.
+//
+// Use it for every task with mux.Use(Middleware(lim)), or for one handler
+// with mux.Handle(pattern, Middleware(lim)(h)).
+//
+// Middleware panics if lim is nil or a duration option is negative.
+func Middleware(lim Limiter, opts ...Option) asynq.MiddlewareFunc {
+	if lim == nil {
+		panic("asynqthrottle: nil Limiter")
+	}
+	c := config{key: TypeKey, jitter: DefaultJitter, storeDelay: DefaultStoreRetryDelay}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	switch {
+	case c.key == nil:
+		panic("asynqthrottle: nil KeyFunc")
+	case c.jitter < 0:
+		panic("asynqthrottle: negative jitter")
+	case c.storeDelay < 0:
+		panic("asynqthrottle: negative store retry delay")
+	case c.wait < 0:
+		panic("asynqthrottle: negative wait")
+	}
+	return func(next asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+			return c.process(ctx, lim, next, t)
+		})
+	}
+}
+
+// retryState returns the task's retry count and maximum from its context;
+// ok is false outside an asynq handler. Tests replace it.
+var retryState = func(ctx context.Context) (retried, max int, ok bool) {
+	retried, ok1 := asynq.GetRetryCount(ctx)
+	max, ok2 := asynq.GetMaxRetry(ctx)
+	return retried, max, ok1 && ok2
+}
+
+// exhausted reports whether asynq would archive the task if its handler
+// returned an error: processor.handleFailedMessage archives when
+// Retried >= MaxRetry before it consults Config.IsFailure.
+func exhausted(ctx context.Context) bool {
+	retried, max, ok := retryState(ctx)
+	return ok && retried >= max
+}
+
+func (c *config) process(ctx context.Context, lim Limiter, next asynq.Handler, t *asynq.Task) error {
+	key, err := c.key(t)
+	if err != nil {
+		return err
+	}
+	if key == "" {
+		return next.ProcessTask(ctx, t)
+	}
+	hold := exhausted(ctx)
+	var waited time.Duration
+	for {
+		d, err := lim.Allow(ctx, key)
+		if err != nil && !errors.Is(err, throttle.ErrStoreUnavailable) {
+			return err
+		}
+		if d.Allowed {
+			// Admitted, or the limiter failed open.
+			return next.ProcessTask(ctx, t)
+		}
+		retryAfter := max(d.RetryAfter, 0)
+		if err != nil {
+			retryAfter = c.storeDelay
+		}
+		sleep := max(retryAfter, minHoldSleep) + randDuration(min(c.jitter, retryAfter/2+time.Millisecond))
+		if hold || waited+sleep <= c.wait {
+			if err := sleepCtx(ctx, sleep); err != nil {
+				return err
+			}
+			waited += sleep
+			continue
+		}
+		return &ThrottledError{Key: key, RetryAfter: retryAfter, Delay: retryAfter + randDuration(c.jitter), Err: err}
+	}
+}
+
+// randDuration returns a random duration in [0, n), or 0 if n <= 0.
+func randDuration(n time.Duration) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	return rand.N(n)
+}
+
+// sleepCtx sleeps for d, or returns ctx's error if ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}
