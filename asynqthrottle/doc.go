@@ -102,8 +102,9 @@
 //     Config.IsFailure(err). rdb.Retry increments Retried only when
 //     isFailure is true, and its script increments the processed and failed
 //     statistics only then; either way the task moves from active to the
-//     retry set, with the error's text as its last error (Inspector and
-//     asynqmon show a throttled task in the "retry" state).
+//     retry set, with the error's text as its last error and the time as
+//     its LastFailedAt (Inspector and asynqmon show a throttled task in the
+//     "retry" state).
 //   - rdb.Retry stores the due time as a Unix time in whole seconds
 //     (truncated), and the forwarder (every Config.DelayedTaskCheckInterval,
 //     5 s by default) moves tasks whose second has begun back to pending.
@@ -114,6 +115,10 @@
 //     recovers it.
 //   - Config.ErrorHandler is called for throttled tasks too; Configure
 //     wraps it so that it is not.
+//   - On Server.Shutdown, a task still waiting in its handler is pushed
+//     back to pending by processor.requeue once Config.ShutdownTimeout has
+//     passed, which does not touch Retried either; its context is then
+//     canceled, which ends the wait.
 //
 // The re-queued task keeps its ID, payload, queue, MaxRetry, Timeout,
 // Deadline and Retention: it is the same task, run later. A task that
