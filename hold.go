@@ -142,7 +142,7 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 	marker := s.name(key, holdSuffix)
 	if req.Limit <= maxSlots {
 		keys := append(s.slots(key, req.Limit), marker)
-		return holdScript.Run(ctx, s.client, keys, hold, interval).Err()
+		return s.run(ctx, holdScript, keys, hold, interval).Err()
 	}
 	// The marker first: a caller that sees no marker after its booked
 	// turn then knows that no hold was set before it looked.
@@ -178,10 +178,10 @@ func (m *MemoryStore) Hold(_ context.Context, key string, req Request, d time.Du
 	defer m.mu.Unlock()
 	now := m.now()
 	end := now + int64(d)
-	mk := m.keyState(key+memHoldSuffix, now)
+	mk := m.keyState(key+memHoldSuffix, now, req.Interval)
 	mk.expires = max(mk.expires, end)
 
-	k := m.keyState(key, now)
+	k := m.keyState(key, now, req.Interval)
 	k.forget(now - interval)
 	k.compact()
 	mark := end - interval

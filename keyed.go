@@ -29,16 +29,13 @@ type Keyed struct {
 // entryShards spreads a Keyed's entries over locks, for many goroutines.
 const entryShards = 32
 
-// entryShard holds the entries of some keys, swept of expired ones when it
-// grows to sweepAt, so that sweeping costs O(1) per new key.
+// entryShard holds the entries of some keys, swept of those whose deny
+// cache ran out (see sweeper).
 type entryShard struct {
-	mu      sync.RWMutex
-	m       map[string]*entry
-	sweepAt int
+	mu sync.RWMutex
+	m  map[string]*entry
+	sw sweeper
 }
-
-// minEntrySweep is the shard size below which a Keyed never sweeps.
-const minEntrySweep = 64
 
 // NewKeyed returns a Keyed whose keys each admit at most one call (or the
 // limit set with WithLimit) per interval. It takes the options of New and
@@ -52,7 +49,7 @@ func NewKeyed(interval time.Duration, opts ...Option) (*Keyed, error) {
 	k := &Keyed{c: c, seed: maphash.MakeSeed()}
 	for i := range k.entries {
 		k.entries[i].m = make(map[string]*entry)
-		k.entries[i].sweepAt = minEntrySweep
+		k.entries[i].sw.period = int64(max(interval, time.Millisecond))
 	}
 	return k, nil
 }
@@ -96,24 +93,15 @@ func (k *Keyed) entry(key string) *entry {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if e = sh.m[key]; e == nil {
-		if len(sh.m) >= sh.sweepAt {
-			sh.sweep(k.c.now())
+		if now := k.c.now(); sh.sw.due(len(sh.m), now) {
+			// An entry whose deny cache ran out holds nothing that a
+			// new one would not.
+			sh.m = sweep(&sh.sw, sh.m, now, func(e *entry) bool { return e.deniedUntil.Load() <= now })
 		}
 		e = new(entry)
 		sh.m[key] = e
 	}
 	return e
-}
-
-// sweep drops the entries whose deny cache has run out: they hold nothing
-// that a new entry would not. sh.mu is held.
-func (sh *entryShard) sweep(now int64) {
-	for key, e := range sh.m {
-		if e.deniedUntil.Load() <= now {
-			delete(sh.m, key)
-		}
-	}
-	sh.sweepAt = max(2*len(sh.m), minEntrySweep)
 }
 
 // WrapKeyed returns a function that calls fn(ctx, a) when the throttle of

@@ -18,7 +18,7 @@ type MemoryStore struct {
 	keys    map[string]*memKey
 	epoch   time.Time
 	clock   func() int64 // replaces the monotonic clock in tests; nil otherwise
-	sweepAt int          // sweep expired keys when len(keys) reaches this
+	sw      sweeper      // drops expired keys (its period: the longest interval seen)
 }
 
 // memKey holds the starts (admitted or booked) of one key, oldest first,
@@ -46,13 +46,10 @@ func (k *memKey) compact() {
 // of a key. The NUL byte keeps it apart from the keys users choose.
 const memHoldSuffix = "\x00hold"
 
-// minSweep is the map size below which the store never sweeps.
-const minSweep = 64
-
 // NewMemoryStore returns an empty MemoryStore that uses the monotonic clock
 // of this process.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{keys: make(map[string]*memKey), epoch: time.Now(), sweepAt: minSweep}
+	return &MemoryStore{keys: make(map[string]*memKey), epoch: time.Now()}
 }
 
 // now returns the time in nanoseconds on the store's monotonic clock.
@@ -70,7 +67,7 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 	interval := int64(req.Interval)
 	m.mu.Lock()
 	now := m.now()
-	k := m.keyState(key, now)
+	k := m.keyState(key, now, req.Interval)
 	k.forget(now - interval)
 	n := len(k.times) - k.head
 	slot := now
@@ -128,26 +125,20 @@ func (m *MemoryStore) len() int {
 	return len(m.keys)
 }
 
-// keyState returns the state of key, made empty if missing. m.mu is held.
-func (m *MemoryStore) keyState(key string, now int64) *memKey {
+// keyState returns the state of key, made empty if missing. A key whose
+// starts all left the window (expires <= now) holds nothing, so a sweep may
+// drop it. interval is that of the caller's request: the store sweeps at
+// least once per the longest interval it has seen, as keys are added.
+// m.mu is held.
+func (m *MemoryStore) keyState(key string, now int64, interval time.Duration) *memKey {
 	k := m.keys[key]
 	if k == nil {
-		if len(m.keys) >= m.sweepAt {
-			m.sweep(now)
+		m.sw.period = max(m.sw.period, int64(interval))
+		if m.sw.due(len(m.keys), now) {
+			m.keys = sweep(&m.sw, m.keys, now, func(k *memKey) bool { return k.expires <= now })
 		}
 		k = &memKey{}
 		m.keys[key] = k
 	}
 	return k
-}
-
-// sweep removes the expired keys and sets the size of the next sweep to
-// twice the live keys, so sweeping costs O(1) per new key. m.mu is held.
-func (m *MemoryStore) sweep(now int64) {
-	for key, k := range m.keys {
-		if k.expires <= now {
-			delete(m.keys, key)
-		}
-	}
-	m.sweepAt = max(2*len(m.keys), minSweep)
 }

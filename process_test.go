@@ -48,7 +48,10 @@ type workerSpec struct {
 	// Keys, when not empty, replaces Key: the worker calls one throttle per
 	// key, each from its own goroutine, and tags each event with the
 	// index of its key.
-	Keys     []string      `json:"keys,omitempty"`
+	Keys []string `json:"keys,omitempty"`
+	// Keyed makes the worker call its keys through one Keyed instead of
+	// one Throttle per key.
+	Keyed    bool          `json:"keyed,omitempty"`
 	Interval time.Duration `json:"interval"`
 	Limit    int           `json:"limit"`
 	Wait     time.Duration `json:"wait"`
@@ -89,9 +92,27 @@ func runWorker() error {
 		defer mu.Unlock()
 		_ = enc.Encode(e)
 	}
+	opts := []Option{WithStore(NewRedisStore(c)), WithLimit(spec.Limit), WithWait(spec.Wait), WithTimeout(time.Second)}
+	var keyed *Keyed
+	if spec.Keyed {
+		var err error
+		if keyed, err = NewKeyed(spec.Interval, opts...); err != nil {
+			return err
+		}
+	}
 	errc := make(chan error, len(keys))
 	for i, key := range keys {
-		go func() { errc <- runWorkerKey(c, spec, key, i, emit) }()
+		var d decider
+		if keyed != nil {
+			d = keyedDecider{keyed, key}
+		} else {
+			th, err := New(key, spec.Interval, opts...)
+			if err != nil {
+				return err
+			}
+			d = th
+		}
+		go func() { errc <- runWorkerKey(d, spec, i, emit) }()
 	}
 	var errs []error
 	for range keys {
@@ -100,13 +121,22 @@ func runWorker() error {
 	return errors.Join(errs...)
 }
 
+// decider is a Throttle, or one key of a Keyed.
+type decider interface {
+	Allow(ctx context.Context) (Decision, error)
+	Wait(ctx context.Context) error
+}
+
+type keyedDecider struct {
+	k   *Keyed
+	key string
+}
+
+func (d keyedDecider) Allow(ctx context.Context) (Decision, error) { return d.k.Allow(ctx, d.key) }
+func (d keyedDecider) Wait(ctx context.Context) error              { return d.k.Wait(ctx, d.key) }
+
 // runWorkerKey is runWorker's loop for one key.
-func runWorkerKey(c redis.UniversalClient, spec workerSpec, key string, index int, emit func(workerEvent)) error {
-	th, err := New(key, spec.Interval, WithStore(NewRedisStore(c)), WithLimit(spec.Limit),
-		WithWait(spec.Wait), WithTimeout(time.Second))
-	if err != nil {
-		return err
-	}
+func runWorkerKey(th decider, spec workerSpec, index int, emit func(workerEvent)) error {
 	ctx := context.Background()
 	pid := os.Getpid()
 	end := time.Now().Add(spec.Duration)
@@ -132,7 +162,7 @@ func runWorkerKey(c redis.UniversalClient, spec workerSpec, key string, index in
 // decide makes one call of th, waiting for a turn when wait is set, and
 // reports whether it was admitted. A call that was not admitted is not an
 // error; a store failure is.
-func decide(ctx context.Context, th *Throttle, wait bool) (ok bool, err error) {
+func decide(ctx context.Context, th decider, wait bool) (ok bool, err error) {
 	if wait {
 		err = th.Wait(ctx)
 		if errors.Is(err, ErrThrottled) {
@@ -252,6 +282,35 @@ func TestCrossProcess(t *testing.T) {
 			})
 		}
 	}
+	// One Keyed per process over several keys: each key holds its limit on
+	// its own, and keys do not slow each other down.
+	for _, srv := range servers {
+		for _, c := range []struct {
+			name     string
+			interval time.Duration
+			limit    int
+			wait     time.Duration
+		}{
+			{"keyed limit 1 per 50ms", 50 * time.Millisecond, 1, 0},
+			{"keyed limit 3 per 100ms waiting", 100 * time.Millisecond, 3, time.Second},
+		} {
+			t.Run(srv.name+"/"+c.name, func(t *testing.T) {
+				keys := []string{"keyed:a:" + t.Name(), "keyed:b:" + t.Name(), "keyed:c:" + t.Name()}
+				spec := workerSpec{Addr: srv.addr, Keys: keys, Keyed: true, Interval: c.interval,
+					Limit: c.limit, Wait: c.wait, Duration: duration}
+				byKey := map[int][]simevent.Event{}
+				for _, e := range runKeyedWorkers(t, workers, spec) {
+					byKey[e.KeyIndex] = append(byKey[e.KeyIndex], e.Event)
+				}
+				for i, key := range keys {
+					t.Run(fmt.Sprint("key ", i), func(t *testing.T) {
+						t.Logf("key %q", key)
+						checkWorkerEvents(t, byKey[i], workers, c.interval, c.limit, duration)
+					})
+				}
+			})
+		}
+	}
 	if !redistest.Available() && !requireRedis() {
 		return
 	}
@@ -283,7 +342,7 @@ func TestCrossProcess(t *testing.T) {
 }
 
 // clusterKeys returns n throttle keys starting with prefix, in n different
-// hash slots (of their Redis keys, under DefaultKeyPrefix), spread so that
+// hash slots (of their Redis keys, under the default prefix), spread so that
 // every master of cl serves at least one of them.
 func clusterKeys(t *testing.T, cl *redistest.Cluster, prefix string, n int) []string {
 	t.Helper()
@@ -293,7 +352,7 @@ func clusterKeys(t *testing.T, cl *redistest.Cluster, prefix string, n int) []st
 	var keys []string
 	for i := 0; len(keys) < n && i < 10000; i++ {
 		key := fmt.Sprintf("%s%d", prefix, i)
-		slot, err := cl.KeySlot(DefaultKeyPrefix + key)
+		slot, err := cl.KeySlot(NewRedisStore(nil).name(key, ""))
 		require.NoError(t, err)
 		owner, err := cl.SlotOwner(slot)
 		require.NoError(t, err)

@@ -200,7 +200,7 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 // a hold, so the next Take is admitted. It is one command.
 func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return s.client.Del(ctx, s.Keys(key, req.Limit)...).Err()
+		return retryTryAgain(ctx, func() error { return s.client.Del(ctx, s.Keys(key, req.Limit)...).Err() })
 	})
 }
 
@@ -263,7 +263,7 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 // the booked start in server milliseconds above them.
 func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, first int) (Reservation, error) {
 	n := req.Limit
-	v, err := slotsScript.Run(ctx, s.client, s.slots(key, n),
+	v, err := s.run(ctx, slotsScript, s.slots(key, n),
 		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval)), first%n).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
@@ -319,6 +319,38 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 		return nil
 	}
 	return err
+}
+
+// run runs script over keys, and again while a Cluster slot migration
+// refuses it (see retryTryAgain).
+func (s *RedisStore) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	var cmd *redis.Cmd
+	_ = retryTryAgain(ctx, func() error {
+		cmd = script.Run(ctx, s.client, keys, args...)
+		return cmd.Err()
+	})
+	return cmd
+}
+
+// retryTryAgain calls f until it returns anything but a TRYAGAIN error, or
+// ctx ends. Redis Cluster answers TRYAGAIN, without running the command,
+// to a command on several keys of a slot that is migrating while some of
+// them have moved; that lasts until the migration ends. go-redis retries
+// it a few times; this goes on until the decision's deadline.
+func retryTryAgain(ctx context.Context, f func() error) error {
+	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		err := f()
+		if err == nil || !strings.HasPrefix(err.Error(), "TRYAGAIN") {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // ceilMillis rounds d up to whole milliseconds, as Redis keeps expiries.

@@ -72,10 +72,12 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// aclCommands are the commands a RedisStore needs: SET (SET NX PX) and PTTL
-// for limit 1, EVALSHA and EVAL (after a script cache loss) for the scripts,
-// DEL for Reset, and the commands the scripts call (LRANGE only in Block's).
-var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "lindex", "llen", "ltrim", "rpush", "pexpire", "rpop", "lrange"}
+// aclCommands are the commands a RedisStore needs: SET (SET NX PX) on the
+// hot path, EVALSHA and EVAL (after a script cache loss) for the scripts,
+// PTTL for Held, DEL for Reset, and the commands the scripts call (the list
+// commands only for limits above 64, LRANGE only in their hold, TYPE only
+// for a slot without an expiry).
+var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "lindex", "llen", "ltrim", "rpush", "pexpire", "rpop", "lrange"}
 
 // aclRules is the minimal ACL rule set for a RedisStore with the default
 // key prefix, without the password.
@@ -105,25 +107,25 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return nil
 		}},
-		{"limit 3: expire old starts (take.lua)", func() error {
+		{"limit 100: expire old starts (take.lua)", func() error {
 			// Two starts, the key kept alive for an hour by the second;
 			// then, judged with a 1 ms window, both have left it and the
 			// script trims them (LTRIM). Mixing intervals on one key is
 			// outside the contract, but reaches that code at once.
-			short := Request{Interval: time.Millisecond, Limit: 3}
-			long := Request{Interval: time.Hour, Limit: 3}
+			short := Request{Interval: time.Millisecond, Limit: 100}
+			long := Request{Interval: time.Hour, Limit: 100}
 			for i, req := range []Request{short, long} {
-				if res, err := s.Take(ctx, "acl/3pop", req); err != nil || !res.OK {
+				if res, err := s.Take(ctx, "acl/100pop", req); err != nil || !res.OK {
 					return fmt.Errorf("Take %d: %+v, %v", i+1, res, err)
 				}
 			}
 			time.Sleep(5 * time.Millisecond)
-			if res, err := s.Take(ctx, "acl/3pop", short); err != nil || !res.OK {
+			if res, err := s.Take(ctx, "acl/100pop", short); err != nil || !res.OK {
 				return fmt.Errorf("Take after the window: %+v, %v", res, err)
 			}
 			return nil
 		}},
-		{"limit 3: admit and deny (take.lua)", func() error {
+		{"limit 3: admit and deny (SET NX PX, slots.lua)", func() error {
 			req := Request{Interval: time.Hour, Limit: 3}
 			for i := range 3 {
 				if res, err := s.Take(ctx, "acl/3", req); err != nil || !res.OK {
@@ -135,7 +137,17 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return nil
 		}},
-		{"limit 1: book and cancel (book1.lua, cancel1.lua)", func() error {
+		{"limit 1: a slot without an expiry gets one (slots.lua: TYPE, PEXPIRE)", func() error {
+			if err := s.client.Set(ctx, s.name("acl/noexp", ""), "x", 0).Err(); err != nil {
+				return err
+			}
+			res, err := s.Take(ctx, "acl/noexp", Request{Interval: time.Hour, Limit: 1})
+			if err != nil || res.OK || res.RetryAfter <= 0 {
+				return fmt.Errorf("Take of a slot without expiry: %+v, %v", res, err)
+			}
+			return nil
+		}},
+		{"limit 1: book and cancel (slots.lua, unbook.lua)", func() error {
 			req := Request{Interval: time.Hour, Limit: 1, MaxWait: 2 * time.Hour}
 			if _, err := s.Take(ctx, "acl/book1", req); err != nil {
 				return err
@@ -146,43 +158,43 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return s.Cancel(ctx, "acl/book1", req, res)
 		}},
-		{"limit 2: book and cancel (take.lua, cancel.lua)", func() error {
-			req := Request{Interval: time.Hour, Limit: 2, MaxWait: 2 * time.Hour}
+		{"limit 100: book and cancel (take.lua, cancel.lua)", func() error {
+			req := Request{Interval: time.Hour, Limit: 100, MaxWait: 2 * time.Hour}
 			var res Reservation
 			var err error
-			for range 3 {
-				if res, err = s.Take(ctx, "acl/book2", req); err != nil || !res.OK {
+			for range 101 {
+				if res, err = s.Take(ctx, "acl/book100", req); err != nil || !res.OK {
 					return fmt.Errorf("booking: %+v, %v", res, err)
 				}
 			}
-			if err := s.Cancel(ctx, "acl/book2", req, res); err != nil {
+			if err := s.Cancel(ctx, "acl/book100", req, res); err != nil {
 				return err
 			}
 			// The cancelled slot is free again: only a hand-back (RPOP)
 			// explains a second booking at the same delay.
-			again, err := s.Take(ctx, "acl/book2", req)
+			again, err := s.Take(ctx, "acl/book100", req)
 			if err != nil || !again.OK || again.Delay > res.Delay {
 				return fmt.Errorf("booking after cancel: %+v (cancelled %+v), %v", again, res, err)
 			}
 			return nil
 		}},
-		{"Block and Blocked (block1.lua, block.lua, PTTL)", func() error {
-			for _, limit := range []int{1, 3} {
+		{"Hold and Held (hold.lua, block.lua, PTTL)", func() error {
+			for _, limit := range []int{1, 3, 100} {
 				req := Request{Interval: time.Hour, Limit: limit}
-				key := fmt.Sprint("acl/block", limit)
+				key := fmt.Sprint("acl/hold", limit)
 				if _, err := s.Take(ctx, key, req); err != nil {
 					return err
 				}
-				if err := s.Block(ctx, key, req, time.Minute); err != nil {
-					return fmt.Errorf("Block, limit %d: %w", limit, err)
+				if err := s.Hold(ctx, key, req, time.Minute); err != nil {
+					return fmt.Errorf("Hold, limit %d: %w", limit, err)
 				}
-				if d, err := s.Blocked(ctx, key); err != nil || d <= 0 {
-					return fmt.Errorf("Blocked, limit %d: %v, %v", limit, d, err)
+				if d, err := s.Held(ctx, key); err != nil || d <= 0 {
+					return fmt.Errorf("Held, limit %d: %v, %v", limit, d, err)
 				}
 			}
 			return nil
 		}},
-		{"Reset (DEL)", func() error { return s.Reset(ctx, "acl/1") }},
+		{"Reset (DEL)", func() error { return s.Reset(ctx, "acl/1", Request{Interval: time.Second, Limit: 1}) }},
 	}
 	for _, st := range steps {
 		if err := st.run(); err != nil {
@@ -247,7 +259,8 @@ func TestACLMinimalRules(t *testing.T) {
 			break
 		}
 	}
-	th, err := New("acl/throttle", time.Hour, WithStore(storeAs(t, aclRules(noEvalSHA, "~throttle:*"))), WithLimit(3))
+	// Limit 100 decides with a script on every call.
+	th, err := New("acl/throttle", time.Hour, WithStore(storeAs(t, aclRules(noEvalSHA, "~throttle:*"))), WithLimit(100))
 	require.NoError(t, err)
 	d, err := th.Allow(ctx)
 	assert.ErrorIs(t, err, ErrStoreUnavailable, "Allow as a user without EVALSHA")

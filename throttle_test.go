@@ -36,6 +36,7 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"huge limit", "k", time.Second, []Option{WithLimit(MaxLimit + 1)}, "throttle: limit 1073741825 is above 1073741824"},
 		{"nil store", "k", time.Second, []Option{WithStore(nil)}, "throttle: nil store"},
 		{"typed nil store", "k", time.Second, []Option{WithStore(nilRedis)}, "throttle: nil store"},
+		{"typed nil store of another package's type", "k", time.Second, []Option{WithStore((*ptrStore)(nil))}, "throttle: nil store"},
 		{"negative wait", "k", time.Second, []Option{WithWait(-time.Millisecond)}, "throttle: negative wait -1ms"},
 		{"negative timeout", "k", time.Second, []Option{WithTimeout(-time.Second)}, "throttle: negative timeout -1s"},
 	}
@@ -54,6 +55,14 @@ func TestNewRejectsBadInput(t *testing.T) {
 			}, "WrapErr(%q, %v)", tt.key, tt.interval)
 		})
 	}
+}
+
+// ptrStore is a Store with pointer receivers that is not one of this
+// package's own, as a user's wrapper would be.
+type ptrStore struct{ MemoryStore }
+
+func (s *ptrStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
+	return s.MemoryStore.Take(ctx, key, req)
 }
 
 func TestNewAcceptsEdgeInput(t *testing.T) {
