@@ -3,7 +3,7 @@
 //
 //	dthrottle sim [flags]                       simulate a pool of worker processes
 //	dthrottle inspect KEY --redis URL [flags]   show a throttle's state
-//	dthrottle reset KEY --redis URL             delete a throttle's state
+//	dthrottle reset KEY --redis URL [flags]     delete a throttle's state
 //
 // # sim
 //
@@ -29,10 +29,15 @@
 //
 // # inspect and reset
 //
-// dthrottle inspect KEY shows the Redis key of throttle KEY (the prefix
-// "throttle:" and KEY), its type and expiry, and for a limit above 1 the
-// recorded start times; dthrottle reset KEY deletes it, so the next call is
-// admitted. Flags may come before or after KEY.
+// Both take the throttle's limit (--limit N, default 1), which sets the
+// names of its Redis keys (throttle.RedisStore.Keys): for a limit up to 64,
+// one slot key per unit of the limit, "throttle:{KEY}", "throttle:{KEY}:1"
+// and so on; above 64, the list "throttle:{KEY}:list"; and the hold record
+// "throttle:{KEY}:hold". dthrottle inspect KEY shows each slot, free or held
+// (by a start, a booked start or a hold) with its expiry, or the list's start
+// times, then any hold and when the next start is free. dthrottle reset KEY
+// deletes those keys, ending any hold, so the next call is admitted. Flags
+// may come before or after KEY.
 package main
 
 import (
@@ -112,7 +117,7 @@ Usage:
   dthrottle sim [flags]                      simulate W worker processes calling a
                                              throttled API; check the guarantee
   dthrottle inspect KEY --redis URL [flags]  show a throttle's state in Redis
-  dthrottle reset KEY --redis URL            delete a throttle's state in Redis
+  dthrottle reset KEY --redis URL [flags]    delete a throttle's state in Redis
 
 Run "dthrottle COMMAND -h" for a command's flags. Flags take one or two
 dashes (-workers 8 or --workers 8).

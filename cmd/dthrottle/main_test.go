@@ -302,14 +302,28 @@ func TestInspectAndResetRedisServer(t *testing.T) {
 	testInspectAndReset(t, srv.Addr)
 }
 
+// quotedRe returns a regular expression that matches the Redis key name,
+// quoted as inspect and reset print it.
+func quotedRe(name string) string { return regexp.QuoteMeta(strconv.Quote(name)) }
+
 func testInspectAndReset(t *testing.T, addr string) {
 	ctx := context.Background()
 	url := "redis://" + addr
 	client := redis.NewClient(&redis.Options{Addr: addr})
 	defer client.Close()
 	store := throttle.NewRedisStore(client)
+	const minute = `(59\.\d+s|1m0s|1m0\.\d+s)` // a minute of ttl, less what the test took
+	countKeys := func(names []string) int64 {
+		t.Helper()
+		n, err := client.Exists(ctx, names...).Result()
+		require.NoError(t, err)
+		return n
+	}
 
-	// A limit-3 throttle with three starts, and a limit-1 one with one.
+	// A limit-3 throttle with three starts and a fourth booked a minute
+	// ahead, and a limit-1 one with one start.
+	k3 := store.Keys("k3", 3)
+	require.Len(t, k3, 4, "three slots and the hold record")
 	t3, err := throttle.New("k3", time.Minute, throttle.WithStore(store), throttle.WithLimit(3))
 	require.NoError(t, err)
 	for range 3 {
@@ -317,71 +331,137 @@ func testInspectAndReset(t *testing.T, addr string) {
 		require.NoError(t, err)
 		require.True(t, d.Allowed)
 	}
+	res, err := store.Take(ctx, "k3", throttle.Request{Interval: time.Minute, Limit: 3, MaxWait: time.Hour})
+	require.NoError(t, err)
+	require.True(t, res.OK && res.Delay > 0, "a booking: %+v", res)
 	t1, err := throttle.New("k1", time.Minute, throttle.WithStore(store))
 	require.NoError(t, err)
 	d, err := t1.Allow(ctx)
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
+	k1 := store.Keys("k1", 1)
 
 	code, out, errOut := runCmd(ctx, "inspect", "k3", "--redis", url, "--limit", "3")
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, out, `"throttle:k3"`)
-	assert.Contains(t, out, "type          list")
-	assert.Contains(t, out, "3 recorded")
-	assert.Regexp(t, `(?m)^ +\d{16}  -\d`, out, "start times in server µs, relative to TIME")
-	assert.Contains(t, out, "interval      1m0s (inferred from the ttl")
-	assert.Contains(t, out, "3 of limit 3 started in the last 1m0s")
-	assert.Regexp(t, `next start +free in (59|1m0)`, out)
+	assert.Contains(t, out, "limit         3 (--limit): 3 slot keys")
+	assert.Regexp(t, `(?m)^hold +`+quotedRe(k3[3])+`  none$`, out)
+	for i, name := range k3[:3] {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^slot %d +%s +held, ttl `, i, quotedRe(name)), out, "slot %d", i)
+	}
+	assert.Equal(t, 2, len(regexp.MustCompile(`(?m)^slot \d .* held, ttl `+minute+`: a start$`).FindAllString(out, -1)),
+		"two slots held by a start now:\n%s", out)
+	assert.Regexp(t, `(?m)^slot \d .* held, ttl (1m59\.\d+s|2m0s|2m0\.\d+s): a start booked by a waiting call at \d{13} \(server ms\), \+`+minute+`$`,
+		out, "the booked slot: its start in server ms, relative to TIME")
+	assert.Regexp(t, `(?m)^next start +free in `+minute+` \(the smallest slot ttl \+ 1ms\)$`, out)
+	assert.NotContains(t, out, "note:")
 
-	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1") // flags before KEY
+	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1") // flags before KEY; --limit 1 by default
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, out, `"throttle:k1"`)
-	assert.Contains(t, out, "type          string")
-	assert.Regexp(t, `next start +free in (59|1m0)`, out)
-	assert.NotContains(t, out, "hold ", "inspect of a key without a hold")
+	assert.Contains(t, out, `key           "k1"`)
+	assert.Regexp(t, `(?m)^slot 0 +`+quotedRe(k1[0])+` +held, ttl `+minute+`: a start$`, out)
+	assert.Regexp(t, `(?m)^hold +`+quotedRe(k1[1])+`  none$`, out, "inspect of a key without a hold")
+	assert.Regexp(t, `(?m)^next start +free in `+minute, out)
+	assert.NotContains(t, out, "slot 1")
 
-	// A hold (Throttle.Block) shows with its time left.
-	require.NoError(t, t1.Block(ctx, 2*time.Minute))
+	// A limit that is not the throttle's own shows the slots it names,
+	// and a note.
+	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k3")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^slot 0 +`+quotedRe(k3[0])+` +held`, out)
+	assert.Regexp(t, `(?m)^note: `+quotedRe(k3[1])+` of another limit exists`, out)
+
+	// A hold (Throttle.Hold) shows with its time left, in the hold record
+	// and in every slot.
+	require.NoError(t, t1.Hold(ctx, 2*time.Minute))
 	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1")
 	require.Equal(t, exitOK, code, errOut)
-	assert.Regexp(t, `(?m)^hold +(1m59|2m0)`, out, "inspect of a held key")
+	assert.Regexp(t, `(?m)^hold +`+quotedRe(k1[1])+`  (1m59\.\d+s|2m0s) left \(Throttle\.Hold`, out, "inspect of a held key")
+	assert.Regexp(t, `(?m)^slot 0 +`+quotedRe(k1[0])+` +held, ttl (1m59\.\d+s|2m0s): a hold \(value "h"\)$`, out)
+	assert.Regexp(t, `(?m)^next start +free in (1m59\.\d+s|2m0s|2m0\.\d+s) `, out)
 
-	code, out, errOut = runCmd(ctx, "reset", "k3", "--redis", url)
+	code, out, errOut = runCmd(ctx, "reset", "k3", "--redis", url, "--limit", "3")
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, out, `deleted "throttle:k3"`)
-	n, err := client.Exists(ctx, "throttle:k3").Result()
-	require.NoError(t, err)
-	assert.Zero(t, n, "reset deleted the key")
-	code, out, _ = runCmd(ctx, "reset", "k3", "--redis", url)
+	assert.Contains(t, out, "reset: deleted 3 of the 4 keys "+strings.Join([]string{
+		strconv.Quote(k3[0]), strconv.Quote(k3[1]), strconv.Quote(k3[2]), strconv.Quote(k3[3])}, ", "))
+	assert.Zero(t, countKeys(k3), "reset deleted the keys")
+	code, out, _ = runCmd(ctx, "reset", "k3", "--redis", url, "--limit", "3")
 	assert.Equal(t, exitOK, code)
 	assert.Contains(t, out, "nothing to reset")
 
-	code, out, errOut = runCmd(ctx, "inspect", "k3", "--redis", url)
+	code, out, errOut = runCmd(ctx, "inspect", "k3", "--redis", url, "--limit", "3")
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, out, "type          none")
-	assert.Contains(t, out, "free now")
+	for i, name := range k3[:3] {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^slot %d +%s +free$`, i, quotedRe(name)), out)
+	}
+	assert.Regexp(t, `(?m)^next start +free now$`, out)
 
 	// Reset ends a hold too.
 	code, out, errOut = runCmd(ctx, "reset", "k1", "--redis", url)
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, out, `deleted "throttle:k1"`)
+	assert.Contains(t, out, "reset: deleted 2 of the 2 keys "+strconv.Quote(k1[0])+", "+strconv.Quote(k1[1]))
+	assert.Zero(t, countKeys(k1), "reset deleted the slot and the hold record")
 	code, out, errOut = runCmd(ctx, "inspect", "--redis", url, "k1")
 	require.Equal(t, exitOK, code, errOut)
-	assert.NotContains(t, out, "hold ", "inspect after reset of a held key")
+	assert.Regexp(t, `(?m)^hold +`+quotedRe(k1[1])+`  none$`, out, "inspect after reset of a held key")
 	// t1's own deny cache still holds it off; another process's throttle
 	// is admitted.
 	other, err := throttle.New("k1", time.Minute, throttle.WithStore(store))
 	require.NoError(t, err)
+	held, err := other.Held(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, held, "Held after reset of a held key")
 	d, err = other.Allow(ctx)
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "a call of another throttle after reset of a held key")
+
+	// A limit above 64 keeps a list of start times (server µs).
+	const big = 65
+	kb := store.Keys("big", big)
+	require.Len(t, kb, 2, "the list and the hold record")
+	tb, err := throttle.New("big", time.Minute, throttle.WithStore(store), throttle.WithLimit(big))
+	require.NoError(t, err)
+	for range big {
+		d, err := tb.Allow(ctx)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	code, out, errOut = runCmd(ctx, "inspect", "big", "--redis", url, "--limit", strconv.Itoa(big))
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^list +`+quotedRe(kb[0])+`  ttl `+minute+`: start times`, out)
+	assert.Contains(t, out, "65 recorded")
+	assert.Regexp(t, `(?m)^ +\d{16}  -\d`, out, "start times in server µs, relative to TIME")
+	assert.Contains(t, out, "interval      1m0s (inferred from the ttl")
+	assert.Contains(t, out, "65 of limit 65 started in the last 1m0s")
+	assert.Regexp(t, `(?m)^next start +free in `+minute+`$`, out)
+	code, out, errOut = runCmd(ctx, "reset", "big", "--redis", url, "--limit", strconv.Itoa(big))
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "reset: deleted 1 of the 2 keys")
+	assert.Zero(t, countKeys(kb))
+
+	// Another prefix, and a slot that dthrottle did not write.
+	app := throttle.NewRedisStore(client, throttle.WithKeyPrefix("app:"))
+	ka := app.Keys("odd", 2)
+	require.NoError(t, client.HSet(ctx, ka[1], "f", "v").Err())
+	code, out, errOut = runCmd(ctx, "inspect", "odd", "--redis", url, "--prefix", "app:", "--limit", "2")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^slot 0 +`+quotedRe(ka[0])+` +free$`, out)
+	assert.Regexp(t, `(?m)^slot 1 +`+quotedRe(ka[1])+` +held: a hash, not written by dthrottle; ttl no expiry`, out)
+	assert.Regexp(t, `(?m)^next start +free now$`, out)
+	code, out, errOut = runCmd(ctx, "reset", "odd", "--redis", url, "--prefix", "app:", "--limit", "2")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "reset: deleted 1 of the 3 keys")
+	assert.Zero(t, countKeys(ka))
 
 	// Bad usage and an unreachable server.
 	for _, args := range [][]string{
 		{"inspect", "--redis", url},
 		{"inspect", "k1"},
 		{"inspect", "k1", "k2", "--redis", url},
+		{"inspect", "k1", "--redis", url, "--limit", "0"},
+		{"inspect", "k1", "--redis", url, "--prefix", "a{b"},
 		{"reset", "k1"},
+		{"reset", "k1", "--redis", url, "--limit", "-1"},
+		{"reset", "k1", "--redis", url, "--interval", "1s"}, // inspect only
 		{"inspect", "k1", "--redis", "redis://127.0.0.1:1"},
 		{"reset", "k1", "--redis", "redis://127.0.0.1:1"},
 	} {

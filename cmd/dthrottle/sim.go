@@ -76,7 +76,7 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 	fs.DurationVar(&c.think, "think", 0, "mean pause of a worker between its calls (random, exponential); 0 means half the interval")
 	fs.DurationVar(&c.timeout, "timeout", throttle.DefaultTimeout, "bound on each store decision (throttle.WithTimeout)")
 	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, such as redis://127.0.0.1:6379/0 (default: an embedded miniredis)")
-	fs.StringVar(&c.key, "key", "sim", "the throttle's key (Redis key \""+throttle.DefaultKeyPrefix+"KEY\")")
+	fs.StringVar(&c.key, "key", "sim", "the throttle's key (Redis keys \""+throttle.DefaultKeyPrefix+"{KEY}\" and more: see dthrottle inspect -h)")
 	fs.StringVar(&c.events, "events", "", "write every event as a JSON line to `FILE`")
 	fs.StringVar(&c.svg, "svg", "", "write the timeline as an SVG picture to `FILE`")
 	fs.Uint64Var(&c.seed, "seed", 0, "seed of the workers' random pauses and API times (0: a random seed, printed)")
