@@ -17,6 +17,11 @@
 // decision itself and whose Wait waits for a turn. WithWait makes the
 // wrapped functions wait for their turn too, instead of dropping.
 //
+// For an open set of keys under one interval (per customer, per account,
+// per host), NewKeyed returns a Keyed whose Allow and Wait take the key per
+// call, and WrapKeyed wraps a function whose argument picks the key. Its
+// local state follows the keys active within about one interval.
+//
 // # The guarantee
 //
 // For a throttle with key K, interval I and limit N (default 1, see
@@ -38,15 +43,22 @@
 // MemoryStore of its own and limits only the calls made through it. To limit
 // many processes together, give each the same key, interval and limit, and
 // WithStore(NewRedisStore(client)) on the same Redis. RedisStore works with
-// a single server, Sentinel, Cluster and Ring clients; each throttle is one
-// Redis key under the prefix "throttle:", always with an expiry.
+// a single server, Sentinel and Cluster clients; a throttle's Redis keys
+// share one Cluster hash tag under the prefix "throttle:", always with an
+// expiry. Use one interval and one limit per key: throttles of one key with
+// different limits do not share their starts.
 //
-// # Outbound HTTP
+// A Store may also be a Resetter (Reset), a Holder (Hold and Held) and a
+// Clock (its own time, for the deny cache); RedisStore and MemoryStore are
+// the first two. A Store that wraps another must implement them too, or the
+// methods that need them return an error.
 //
-// NewTransport wraps an http.RoundTripper so that every request is
-// throttled per host (or per key of your choice). When the upstream answers
-// 429 or 503 with Retry-After, the transport calls Throttle.Block, and every
-// process sharing the key holds off until then.
+// # Holds and outbound HTTP
+//
+// Hold stops every process that shares the key for a while, as an API's
+// 429 with Retry-After asks. Package httpthrottle wraps an
+// http.RoundTripper so that every request is throttled per host (or per
+// key of your choice) and sets those holds on its own.
 //
 // # When the store fails
 //
@@ -59,8 +71,11 @@
 //
 // # Cost
 //
-// With limit 1 a decision is one Redis round trip (SET NX PX, pipelined with
-// PTTL); with a larger limit, one Lua script. After a denial, the throttle
-// remembers until when the store will deny and answers locally until then
-// (see WithDenyCache), without a round trip or an allocation.
+// With a limit up to 64, an admitted decision is one Redis command: SET NX
+// PX on the slot key the process expects to be free. A denial, or a slot
+// found taken, costs one more round trip (a short script). Larger limits
+// decide with one script of three Redis calls, in bounded memory. After a
+// denial, the throttle remembers until when the store will deny and
+// answers locally until then (see WithDenyCache), without a round trip or
+// an allocation.
 package throttle

@@ -171,3 +171,50 @@ func ExampleNewRedisStore() {
 		fmt.Println("report skipped: another process sent it, or Redis is down")
 	}
 }
+
+// WrapKeyed throttles per key picked from the argument: here each
+// customer's cache is refreshed at most once a minute, whatever the other
+// customers do.
+func ExampleWrapKeyed() {
+	refresh := throttle.WrapKeyed(time.Minute,
+		func(customer string) string { return "refresh:" + customer },
+		func(ctx context.Context, customer string) (int, error) {
+			fmt.Println("refreshing", customer)
+			return 1, nil
+		})
+
+	ctx := context.Background()
+	for _, customer := range []string{"acme", "globex", "acme"} {
+		if _, err := refresh(ctx, customer); errors.Is(err, throttle.ErrThrottled) {
+			fmt.Println("skipped", customer)
+		}
+	}
+	// Output:
+	// refreshing acme
+	// refreshing globex
+	// skipped acme
+}
+
+// A Keyed decides for any key under one interval and limit: here two calls
+// per hour per account.
+func ExampleKeyed_Allow() {
+	k, err := throttle.NewKeyed(time.Hour, throttle.WithLimit(2))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx := context.Background()
+	for _, account := range []string{"a", "a", "a", "b"} {
+		d, err := k.Allow(ctx, account)
+		if err != nil {
+			fmt.Println(err) // the store failed
+			return
+		}
+		fmt.Printf("%s: allowed=%t\n", account, d.Allowed)
+	}
+	// Output:
+	// a: allowed=true
+	// a: allowed=true
+	// a: allowed=false
+	// b: allowed=true
+}

@@ -46,7 +46,7 @@ func FuzzKey(f *testing.F) {
 
 		// Every key of the throttle has one non-empty hash tag, so a
 		// script over them works on Redis Cluster.
-		names := append(s.slots(key, maxSlots), s.name(key, holdSuffix), s.name(key, listSuffix))
+		names := append(s.slots(key, maxSlots), s.name(key, holdSuffix), s.name(key, windowSuffix))
 		tag := hashTag(names[0])
 		assert.NotEmpty(t, tag, "hash tag of %q", names[0])
 		for _, n := range names {

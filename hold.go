@@ -4,15 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
-
-// maxHoldLimit is the largest limit Hold accepts: with a limit above
-// maxSlots, a hold writes one start per unit of the limit.
-const maxHoldLimit = 1 << 16
 
 // Hold holds off the throttle's key for d: no process that shares the
 // store is admitted a start until d has passed after the store recorded
@@ -75,9 +70,6 @@ func (c *core) hold(ctx context.Context, key string, e *entry, d time.Duration) 
 		// Before the store's checks: this process holds off in any case.
 		e.raise(c.now() + int64(d))
 	}
-	if c.cfg.limit > maxHoldLimit {
-		return fmt.Errorf("throttle: cannot hold a limit of %d, above %d", c.cfg.limit, maxHoldLimit)
-	}
 	h, ok := c.cfg.store.(Holder)
 	if !ok {
 		return fmt.Errorf("throttle: store %T cannot hold keys: it is not a Holder", c.cfg.store)
@@ -123,14 +115,13 @@ func (c *core) held(ctx context.Context, key string) (time.Duration, error) {
 // Hold implements Holder: no start of key is admitted until d after the
 // decision, on the Redis server's clock, in whole milliseconds rounded up.
 // With a limit up to 64 every slot key is kept at least that long; with a
-// larger limit, req.Limit starts at d minus the interval join the key's
-// list, so that the earliest free start is at least d away. P{key}:hold
-// records the hold for Held.
+// larger limit the window records the end of the hold. P{key}:hold records
+// the hold for Held.
 func (s *RedisStore) Hold(ctx context.Context, key string, req Request, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
-	if req.Interval < time.Millisecond || req.Limit < 1 || req.Limit > maxHoldLimit {
+	if req.Interval < time.Millisecond || req.Limit < 1 {
 		return fmt.Errorf("throttle: cannot hold with interval %v and limit %d", req.Interval, req.Limit)
 	}
 	return boundedErr(s, ctx, func(ctx context.Context) error { return s.hold(ctx, key, req, d) })
@@ -149,7 +140,7 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 	if err := holdScript.Run(ctx, s.client, []string{marker}, hold, interval).Err(); err != nil {
 		return err
 	}
-	return blockScript.Run(ctx, s.client, []string{s.name(key, listSuffix)}, micros(req.Interval), req.Limit, micros(d)).Err()
+	return windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "h", micros(req.Interval), req.Limit, micros(d)).Err()
 }
 
 // Held implements Holder, from the expiry of the key's hold record.
@@ -163,38 +154,18 @@ func (s *RedisStore) Held(ctx context.Context, key string) (time.Duration, error
 	})
 }
 
-// Hold implements Holder on the store's clock, as RedisStore does:
-// req.Limit starts at d minus the interval join the key's starts in their
-// sorted place. It fails only for a limit above 65536.
+// Hold implements Holder on the store's clock, as RedisStore does: no
+// start of key is admitted, or booked, before d from now.
 func (m *MemoryStore) Hold(_ context.Context, key string, req Request, d time.Duration) error {
-	if req.Limit < 1 || req.Limit > maxHoldLimit {
-		return fmt.Errorf("throttle: cannot hold with limit %d", req.Limit)
-	}
 	if d <= 0 {
 		return nil
 	}
-	interval := int64(req.Interval)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	end := now + int64(d)
-	mk := m.keyState(key+memHoldSuffix, now, req.Interval)
-	mk.expires = max(mk.expires, end)
-
 	k := m.keyState(key, now, req.Interval)
-	k.forget(now - interval)
-	k.compact()
-	mark := end - interval
-	i := len(k.times)
-	for i > 0 && k.times[i-1] > mark {
-		i--
-	}
-	marks := make([]int64, req.Limit)
-	for j := range marks {
-		marks[j] = mark
-	}
-	k.times = slices.Insert(k.times, i, marks...)
-	k.expires = max(k.expires, k.times[len(k.times)-1]+interval)
+	k.hold = max(k.hold, now+int64(d))
+	k.expires = max(k.expires, k.hold)
 	return nil
 }
 
@@ -202,9 +173,9 @@ func (m *MemoryStore) Hold(_ context.Context, key string, req Request, d time.Du
 func (m *MemoryStore) Held(_ context.Context, key string) (time.Duration, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if k := m.keys[key+memHoldSuffix]; k != nil {
-		if now := m.now(); k.expires > now {
-			return time.Duration(k.expires - now), nil
+	if k := m.keys[key]; k != nil {
+		if now := m.now(); k.hold > now {
+			return time.Duration(k.hold - now), nil
 		}
 	}
 	return 0, nil

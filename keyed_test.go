@@ -186,8 +186,10 @@ func TestKeyedMemoryFollowsActiveKeys(t *testing.T) {
 	if testing.Short() {
 		t.Skip("memory test skipped in -short mode")
 	}
-	const interval = 200 * time.Millisecond
-	k, err := NewKeyed(interval)
+	const interval = time.Minute
+	mem, advance := fakeMemory()
+	store := clockedMemory{mem}
+	k, err := NewKeyed(interval, WithStore(store))
 	require.NoError(t, err)
 	ctx := context.Background()
 	heap := func() uint64 {
@@ -205,17 +207,24 @@ func TestKeyedMemoryFollowsActiveKeys(t *testing.T) {
 	}
 	use("warm", 1000)
 	before := heap()
-	use("burst", 300_000)
+	use("burst", 300_000) // all within one interval of the fake clock
 	during := heap()
-	time.Sleep(2 * interval)
+	advance(2 * interval)
 	// New keys after the burst's intervals passed: the sweeps run as they
 	// are added, in every shard.
 	use("after", 2000)
 	after := heap()
 	t.Logf("heap: %d KiB before, %d KiB with 300k keys, %d KiB after", before>>10, during>>10, after>>10)
-	assert.Greater(t, during, before+16<<20, "the burst's keys took memory (else the test shows nothing)")
+	assert.Greater(t, during, before+8<<20, "the burst's keys took memory (else the test shows nothing)")
 	assert.Less(t, after, before+4<<20, "heap after the burst's intervals passed: within 4 MiB of before")
+	assert.Less(t, mem.len(), 2000+1000+2*minSweep, "keys in the store after the burst's intervals passed")
 }
+
+// clockedMemory is a MemoryStore on a fake clock that tells its time, so
+// that a Throttle or Keyed on it runs its deny cache on the same clock.
+type clockedMemory struct{ *MemoryStore }
+
+func (c clockedMemory) Now() time.Time { return time.Unix(0, c.MemoryStore.now()) }
 
 // TestAdmittedPathIsOneSET counts the commands that reach Redis: an
 // admitted call of limit 1, and of a limit N up to 64 while its slots are

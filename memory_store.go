@@ -14,11 +14,11 @@ import (
 // whose starts have all left their interval are removed as the store is
 // used, so its memory stays proportional to the keys in use.
 type MemoryStore struct {
-	mu      sync.Mutex
-	keys    map[string]*memKey
-	epoch   time.Time
-	clock   func() int64 // replaces the monotonic clock in tests; nil otherwise
-	sw      sweeper      // drops expired keys (its period: the longest interval seen)
+	mu    sync.Mutex
+	keys  map[string]*memKey
+	epoch time.Time
+	clock func() int64 // replaces the monotonic clock in tests; nil otherwise
+	sw    sweeper      // drops expired keys (its period: the longest interval seen)
 }
 
 // memKey holds the starts (admitted or booked) of one key, oldest first,
@@ -27,6 +27,7 @@ type memKey struct {
 	times   []int64
 	head    int
 	expires int64
+	hold    int64 // no start before this (see Hold)
 }
 
 // forget drops the starts at or before cutoff (they left the window).
@@ -41,10 +42,6 @@ func (k *memKey) compact() {
 	k.times = k.times[:copy(k.times, k.times[k.head:])]
 	k.head = 0
 }
-
-// memHoldSuffix ends the name under which a MemoryStore records the hold
-// of a key. The NUL byte keeps it apart from the keys users choose.
-const memHoldSuffix = "\x00hold"
 
 // NewMemoryStore returns an empty MemoryStore that uses the monotonic clock
 // of this process.
@@ -70,7 +67,7 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 	k := m.keyState(key, now, req.Interval)
 	k.forget(now - interval)
 	n := len(k.times) - k.head
-	slot := now
+	slot := max(now, k.hold)
 	if n > 0 {
 		if last := k.times[len(k.times)-1]; last > slot {
 			slot = last
@@ -112,7 +109,6 @@ func (m *MemoryStore) Cancel(_ context.Context, key string, _ Request, res Reser
 func (m *MemoryStore) Reset(_ context.Context, key string, _ Request) error {
 	m.mu.Lock()
 	delete(m.keys, key)
-	delete(m.keys, key+memHoldSuffix)
 	m.mu.Unlock()
 	return nil
 }

@@ -269,6 +269,10 @@ func TestCrossProcess(t *testing.T) {
 		{"limit 3 per 100ms", 100 * time.Millisecond, 3, 0},
 		{"limit 1 per 40ms waiting", 40 * time.Millisecond, 1, time.Second},
 		{"limit 2 per 60ms waiting", 60 * time.Millisecond, 2, time.Second},
+		// 200 starts a second: within what miniredis (in this process,
+		// under -race) serves on a busy machine.
+		{"limit 100 per 500ms", 500 * time.Millisecond, 100, 0},
+		{"limit 100 per 500ms waiting", 500 * time.Millisecond, 100, time.Second},
 	}
 	const workers = 4
 	const duration = 1500 * time.Millisecond

@@ -18,7 +18,7 @@ import (
 const DefaultKeyPrefix = "throttle:"
 
 // maxSlots is the largest limit kept as slot keys (see scripts/slots.lua);
-// larger limits keep a list of their starts (scripts/take.lua).
+// larger limits keep counts per time bucket (scripts/window.lua).
 const maxSlots = 64
 
 var (
@@ -28,19 +28,13 @@ var (
 	unbookSource string
 	//go:embed scripts/hold.lua
 	holdSource string
-	//go:embed scripts/take.lua
-	takeSource string
-	//go:embed scripts/cancel.lua
-	cancelSource string
-	//go:embed scripts/block.lua
-	blockSource string
+	//go:embed scripts/window.lua
+	windowSource string
 
 	slotsScript  = redis.NewScript(slotsSource)
 	unbookScript = redis.NewScript(unbookSource)
 	holdScript   = redis.NewScript(holdSource)
-	takeScript   = redis.NewScript(takeSource)
-	cancelScript = redis.NewScript(cancelSource)
-	blockScript  = redis.NewScript(blockSource)
+	windowScript = redis.NewScript(windowSource)
 )
 
 // slotSuffix[i] ends the name of slot i of a throttle; slot 0 has none.
@@ -54,8 +48,8 @@ var slotSuffix = func() [maxSlots]string {
 
 // Suffixes of a throttle's other keys.
 const (
-	holdSuffix = ":hold" // the record of a hold, for Held
-	listSuffix = ":list" // the starts of a limit above maxSlots
+	holdSuffix   = ":hold"   // the record of a hold, for Held
+	windowSuffix = ":window" // the counts of a limit above maxSlots
 )
 
 // RedisStore is a Store kept in Redis, shared by every process that uses the
@@ -73,8 +67,12 @@ const (
 //     sliding window admits a start. An admitted call is that one command
 //     on the slot its process expects to be free; only when that slot is
 //     held does a short script look at all N.
-//   - Limit above 64: P{k}:list, a list of the start times (server
-//     microseconds) still in the window, kept by a script.
+//   - Limit above 64: P{k}:window, a hash of the counts of starts in
+//     buckets of 1/200 of the interval, kept by a script in three Redis
+//     calls; at most 800 fields (tens of KiB) whatever the limit. Each
+//     start counts as if at the end of its bucket, so the limit is never
+//     exceeded, and at most 0.5% of the capacity is lost. A waiting call
+//     can book at most about three intervals ahead.
 //   - P{k}:hold records a hold (see Throttle.Hold) while it lasts.
 //
 // Scripts run with EVALSHA and fall back to EVAL when the server has lost
@@ -161,13 +159,13 @@ func (s *RedisStore) name(key, suffix string) string {
 }
 
 // Keys returns the names of the Redis keys that a throttle of key under
-// limit may write: its slots (limit up to 64) or its list (above), then the
-// record of its holds. Use it to inspect or delete a throttle's state, or
+// limit may write: its slots (limit up to 64) or its window (above), then
+// the record of its holds. Use it to inspect or delete a throttle's state, or
 // to write ACL key patterns.
 func (s *RedisStore) Keys(key string, limit int) []string {
 	var keys []string
 	if limit > maxSlots {
-		keys = []string{s.name(key, listSuffix)}
+		keys = []string{s.name(key, windowSuffix)}
 	} else {
 		keys = s.slots(key, max(limit, 1))
 	}
@@ -238,7 +236,7 @@ func boundedErr(s *RedisStore, ctx context.Context, f func(context.Context) erro
 
 func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reservation, error) {
 	if req.Limit > maxSlots {
-		return s.takeList(ctx, key, req)
+		return s.takeWindow(ctx, key, req)
 	}
 	i := 0
 	if req.Limit > 1 {
@@ -248,7 +246,14 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 		return s.takeSlot(ctx, key, req, i)
 	}
 	// The hot path: one SET NX PX on the slot expected to be free.
-	ok, err := s.client.SetNX(ctx, s.name(key, slotSuffix[i]), "1", ceilMillis(req.Interval)).Result()
+	name := s.name(key, slotSuffix[i])
+	ok, err := s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result()
+	if err != nil && unsettled(err) {
+		err = retryTryAgain(ctx, func() error {
+			ok, err = s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result()
+			return err
+		})
+	}
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -286,15 +291,16 @@ func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, firs
 	}, nil
 }
 
-// takeList decides a start of a limit above maxSlots with take.lua.
-func (s *RedisStore) takeList(ctx context.Context, key string, req Request) (Reservation, error) {
-	v, err := takeScript.Run(ctx, s.client, []string{s.name(key, listSuffix)},
-		micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval))).Int64Slice()
+// takeWindow decides a start of a limit above maxSlots with window.lua.
+// Reservation.Slot is the count of starts after this one, for Cancel.
+func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (Reservation, error) {
+	v, err := windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)},
+		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval))).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
 	if len(v) != 4 {
-		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from take script", v)
+		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from window script", v)
 	}
 	return Reservation{
 		OK:         v[0] == 1,
@@ -307,7 +313,8 @@ func (s *RedisStore) takeList(ctx context.Context, key string, req Request) (Res
 func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Reservation) error {
 	var err error
 	if req.Limit > maxSlots {
-		err = cancelScript.Run(ctx, s.client, []string{s.name(key, listSuffix)}, strconv.FormatInt(res.Slot, 10)).Err()
+		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)},
+			"c", micros(req.Interval), req.Limit, strconv.FormatInt(res.Slot, 10)).Err()
 	} else {
 		i := int(res.Slot & 0xff)
 		if i >= req.Limit {
@@ -332,15 +339,22 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, keys []strin
 	return cmd
 }
 
-// retryTryAgain calls f until it returns anything but a TRYAGAIN error, or
-// ctx ends. Redis Cluster answers TRYAGAIN, without running the command,
-// to a command on several keys of a slot that is migrating while some of
-// them have moved; that lasts until the migration ends. go-redis retries
-// it a few times; this goes on until the decision's deadline.
+// unsettled reports whether err is Redis Cluster refusing a command that
+// it did not run while a slot migrates: TRYAGAIN, to a command on several
+// keys of a migrating slot of which some have moved (until the migration
+// ends), and ASK or MOVED once go-redis has used up its redirections.
+func unsettled(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "TRYAGAIN ") || strings.HasPrefix(msg, "ASK ") || strings.HasPrefix(msg, "MOVED ")
+}
+
+// retryTryAgain calls f until it returns nil or an error that is not
+// unsettled, or ctx ends. go-redis retries and redirects a few times; this
+// goes on until the decision's deadline.
 func retryTryAgain(ctx context.Context, f func() error) error {
 	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
 		err := f()
-		if err == nil || !strings.HasPrefix(err.Error(), "TRYAGAIN") {
+		if err == nil || !unsettled(err) {
 			return err
 		}
 		t := time.NewTimer(pause)

@@ -74,10 +74,10 @@ func TestTLS(t *testing.T) {
 
 // aclCommands are the commands a RedisStore needs: SET (SET NX PX) on the
 // hot path, EVALSHA and EVAL (after a script cache loss) for the scripts,
-// PTTL for Held, DEL for Reset, and the commands the scripts call (the list
-// commands only for limits above 64, LRANGE only in their hold, TYPE only
-// for a slot without an expiry).
-var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "lindex", "llen", "ltrim", "rpush", "pexpire", "rpop", "lrange"}
+// PTTL for Held, DEL for Reset, and the commands the scripts call (the hash
+// commands only for limits above 64, HGET only when they deny or book, TYPE
+// only for a slot without an expiry).
+var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "pexpire", "hmget", "hset", "hget"}
 
 // aclRules is the minimal ACL rule set for a RedisStore with the default
 // key prefix, without the password.
@@ -107,21 +107,15 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return nil
 		}},
-		{"limit 100: expire old starts (take.lua)", func() error {
-			// Two starts, the key kept alive for an hour by the second;
-			// then, judged with a 1 ms window, both have left it and the
-			// script trims them (LTRIM). Mixing intervals on one key is
-			// outside the contract, but reaches that code at once.
-			short := Request{Interval: time.Millisecond, Limit: 100}
-			long := Request{Interval: time.Hour, Limit: 100}
-			for i, req := range []Request{short, long} {
-				if res, err := s.Take(ctx, "acl/100pop", req); err != nil || !res.OK {
+		{"limit 100: admit and deny (window.lua)", func() error {
+			req := Request{Interval: time.Hour, Limit: 100}
+			for i := range 100 {
+				if res, err := s.Take(ctx, "acl/100", req); err != nil || !res.OK {
 					return fmt.Errorf("Take %d: %+v, %v", i+1, res, err)
 				}
 			}
-			time.Sleep(5 * time.Millisecond)
-			if res, err := s.Take(ctx, "acl/100pop", short); err != nil || !res.OK {
-				return fmt.Errorf("Take after the window: %+v, %v", res, err)
+			if res, err := s.Take(ctx, "acl/100", req); err != nil || res.OK || res.RetryAfter <= 0 {
+				return fmt.Errorf("Take beyond the limit: %+v, %v", res, err)
 			}
 			return nil
 		}},
@@ -158,7 +152,7 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return s.Cancel(ctx, "acl/book1", req, res)
 		}},
-		{"limit 100: book and cancel (take.lua, cancel.lua)", func() error {
+		{"limit 100: book and cancel (window.lua)", func() error {
 			req := Request{Interval: time.Hour, Limit: 100, MaxWait: 2 * time.Hour}
 			var res Reservation
 			var err error
@@ -170,7 +164,7 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			if err := s.Cancel(ctx, "acl/book100", req, res); err != nil {
 				return err
 			}
-			// The cancelled slot is free again: only a hand-back (RPOP)
+			// The cancelled start is free again: only a hand-back
 			// explains a second booking at the same delay.
 			again, err := s.Take(ctx, "acl/book100", req)
 			if err != nil || !again.OK || again.Delay > res.Delay {
@@ -178,7 +172,7 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			}
 			return nil
 		}},
-		{"Hold and Held (hold.lua, block.lua, PTTL)", func() error {
+		{"Hold and Held (hold.lua, window.lua, PTTL)", func() error {
 			for _, limit := range []int{1, 3, 100} {
 				req := Request{Interval: time.Hour, Limit: limit}
 				key := fmt.Sprint("acl/hold", limit)

@@ -25,7 +25,8 @@ import (
 //   - A denied Take changes nothing.
 //   - Cancel hands back a booking (Reservation with Delay > 0) that its
 //     caller will not use, when that moves no other start: at least when it
-//     is still the latest booking of the key. It is a no-op otherwise.
+//     is the latest booking of the key and no other was handed back since
+//     it was made. It is a no-op otherwise (which costs only capacity).
 //   - Every key a store writes expires on its own once its starts are older
 //     than the interval, so an idle throttle leaves nothing behind.
 //

@@ -3,7 +3,6 @@ package throttle
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +15,9 @@ import (
 
 // Redis stops its clock while a script runs, so a key never expires in the
 // middle of one; miniredis in real time (ClockTTL, as the simulator and the
-// examples use it) does. These tests run copies of the scripts with a DEL
-// of the key injected at each point where an expiry could strike, and
-// check that the start (or the hold) is still recorded, with an expiry.
+// examples use it) does. These tests run a copy of the window script with a
+// DEL of the key injected where an expiry could strike, and check that the
+// start is still recorded, with an expiry.
 
 // inject returns src with code inserted before the line anchor, which must
 // occur exactly once.
@@ -40,49 +39,46 @@ func stoppedMiniredis(t *testing.T) (*miniredis.Miniredis, *redis.Client, time.T
 	return mr, c, now
 }
 
-func TestTakeScriptSurvivesKeyExpiringMidScript(t *testing.T) {
-	const del = "redis.call('DEL', key)"
-	points := map[string]string{
-		"in the scan of expired starts": "  head = redis.call('LINDEX', key, string.format('%d', expired))",
-		"before LLEN":                   "  local len = redis.call('LLEN', key)",
-		"before the newest":             "    local v = redis.call('LINDEX', key, '-1')",
-		"before the Nth newest":         "    local v = redis.call('LINDEX', key, string.format('%d', len - limit))",
-		"before the push":               "if redis.call('RPUSH', key, entry) > expired and expired > 0 then",
-		"before the expiry":             "if redis.call('PEXPIRE', key, ttl) == 0 then",
-	}
-	for name, anchor := range points {
-		t.Run(name, func(t *testing.T) {
+func TestWindowScriptSurvivesKeyExpiringMidScript(t *testing.T) {
+	const anchor = "if redis.call('HSET', key, unpack(fields)) > 0 or into ~= l then"
+	for _, bucket := range []string{"the newest bucket", "a new bucket"} {
+		t.Run(bucket, func(t *testing.T) {
 			mr, c, now := stoppedMiniredis(t)
 			ctx := context.Background()
-			us := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).UnixMicro(), 10) }
-			// Limit 2 per second: one start that left the window, two in it,
-			// and one booked ahead, so that the script reaches every point.
-			require.NoError(t, c.RPush(ctx, "k", us(-5*time.Second), us(-500*time.Millisecond), us(-400*time.Millisecond), us(300*time.Millisecond)).Err())
-			require.NoError(t, c.PExpire(ctx, "k", time.Hour).Err())
-			script := redis.NewScript(inject(t, takeSource, anchor, del))
-			v, err := script.Run(ctx, c, []string{"k"}, micros(time.Second), 2, micros(10*time.Second)).Int64Slice()
+			s := NewRedisStore(c, WithKeyPrefix(""))
+			req := Request{Interval: time.Second, Limit: 100}
+			res, err := s.Take(ctx, "k", req)
+			require.NoError(t, err)
+			require.True(t, res.OK)
+			if bucket == "a new bucket" {
+				mr.SetTime(now.Add(100 * time.Millisecond))
+			}
+			k := s.name("k", windowSuffix)
+			script := redis.NewScript(inject(t, windowSource, anchor, "redis.call('DEL', key)"))
+			v, err := script.Run(ctx, c, []string{k}, "t", micros(req.Interval), req.Limit, 0).Int64Slice()
 			require.NoError(t, err)
 			require.Len(t, v, 4)
-			assert.EqualValues(t, 1, v[0], "admitted or booked")
-			list, err := c.LRange(ctx, "k", 0, -1).Result()
-			require.NoError(t, err)
-			assert.Contains(t, list, strconv.FormatInt(v[3], 10), "the new start is in the list %v", list)
-			assert.Positive(t, mr.TTL("k"), "the list expires")
+			assert.EqualValues(t, 1, v[0], "admitted")
+			assert.True(t, mr.Exists(k), "the window after the script")
+			assert.Positive(t, mr.TTL(k), "the window expires")
 		})
 	}
 }
 
-// A start that is not a number is an error, not an expired key.
-func TestTakeScriptRejectsAForeignList(t *testing.T) {
+// Data that is not the window's is an error, not a decision.
+func TestWindowScriptRejectsForeignData(t *testing.T) {
 	mr := miniredis.RunT(t)
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := context.Background()
-	now := time.Now()
-	s := NewRedisStore(c, WithKeyPrefix(""))
-	require.NoError(t, c.RPush(ctx, s.name("k", listSuffix), strconv.FormatInt(now.Add(-30*time.Second).UnixMicro(), 10), "garbage").Err())
-	_, err := s.Take(ctx, "k", Request{Interval: time.Minute, Limit: 100})
-	assert.ErrorContains(t, err, "attempt to compare", "the script stops at the start that is not a number")
+	s := NewRedisStore(c)
+	req := Request{Interval: time.Minute, Limit: 100}
+	require.NoError(t, c.RPush(ctx, s.name("list", windowSuffix), "x").Err())
+	_, err := s.Take(ctx, "list", req)
+	assert.ErrorContains(t, err, "WRONGTYPE", "Take over a list")
+	require.NoError(t, c.HSet(ctx, s.name("hash", windowSuffix), "c", "garbage").Err())
+	_, err = s.Take(ctx, "hash", req)
+	assert.Error(t, err, "Take over a hash that is not a window")
 }
 
 // A slot key without an expiry that is not a string is an error, not a
@@ -115,42 +111,5 @@ func TestSlotsScriptRejectsAForeignKey(t *testing.T) {
 		for _, name := range s.slots(key, limit) {
 			assert.Equal(t, time.Minute, mr.TTL(name), "TTL of %q after the Take", name)
 		}
-	}
-}
-
-func TestHoldScriptSurvivesKeyExpiringMidScript(t *testing.T) {
-	const limit = 1500 // more than one push of 1000
-	for name, code := range map[string]string{
-		"before the first push": "if i == 1 and vanish then vanish = false; redis.call('DEL', key) end",
-		"between pushes":        "if i == 1001 and vanish then vanish = false; redis.call('DEL', key) end",
-		"before the expiry":     "",
-	} {
-		t.Run(name, func(t *testing.T) {
-			mr, c, now := stoppedMiniredis(t)
-			ctx := context.Background()
-			s := NewRedisStore(c, WithKeyPrefix(""))
-			k := s.name("k", listSuffix)
-			starts := make([]any, 100)
-			for i := range starts {
-				starts[i] = strconv.FormatInt(now.Add(-time.Duration(100-i)*time.Millisecond).UnixMicro(), 10)
-			}
-			require.NoError(t, c.RPush(ctx, k, starts...).Err())
-			require.NoError(t, c.PExpire(ctx, k, time.Minute).Err())
-			src := inject(t, blockSource, "local key = KEYS[1]", "local vanish = true")
-			if code != "" {
-				src = inject(t, src, "    if redis.call('RPUSH', key, unpack(vals, i, last)) ~= oldlen + last then", code)
-			} else {
-				src = inject(t, src, "if redis.call('PEXPIRE', key, string.format('%d', ttl)) == 0 then", "redis.call('DEL', key)")
-			}
-			require.NoError(t, redis.NewScript(src).Run(ctx, c, []string{k}, micros(time.Minute), limit, micros(30*time.Second)).Err())
-			n, err := c.LLen(ctx, k).Result()
-			require.NoError(t, err)
-			assert.GreaterOrEqual(t, n, int64(limit), "every mark of the hold is in the list")
-			assert.Positive(t, mr.TTL(k), "the list expires")
-			res, err := s.Take(ctx, "k", Request{Interval: time.Minute, Limit: limit})
-			require.NoError(t, err)
-			assert.False(t, res.OK, "a start during the hold")
-			assert.InDelta(t, 30*time.Second, res.RetryAfter, float64(time.Millisecond), "retry-after: the hold")
-		})
 	}
 }
