@@ -182,13 +182,33 @@ func TestSlowLinkKeepsGuarantee(t *testing.T) {
 // WrapErr on many keys with a limit of 1 or 3 per hour. For every key, fn
 // runs at most as often as the store admitted it: a lost reply can cost an
 // admission but never runs fn twice for one. Once the link heals, every
-// call decides again.
+// call decides again. It runs on a plain client and through go-redis
+// auto-pipelining, which retries a whole batch after a dropped connection,
+// so a SET NX may run twice and deny its own winner: that costs admissions,
+// never an extra run.
 func TestDroppedConnectionsNeverRunFnTwice(t *testing.T) {
+	for _, autopipe := range []bool{false, true} {
+		name := "plain"
+		if autopipe {
+			name = "autopipeline"
+		}
+		t.Run(name, func(t *testing.T) { testDroppedConnections(t, autopipe) })
+	}
+}
+
+func testDroppedConnections(t *testing.T, autopipe bool) {
 	checkLeaks(t)
 	backend := faultBackend(t)
 	p := faultproxy.Start(t, backend)
 	c := proxyClient(t, p, func(o *redis.Options) { o.DialTimeout = time.Second })
-	store := NewRedisStore(c, WithKeyPrefix("drop:"))
+	var client redis.UniversalClient = c
+	if autopipe {
+		ap, err := c.AutoPipeline()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = ap.Close() })
+		client = ap
+	}
+	store := NewRedisStore(client, WithKeyPrefix("drop:"))
 	direct := redis.NewClient(&redis.Options{Addr: backend})
 	t.Cleanup(func() { _ = direct.Close() })
 

@@ -51,12 +51,14 @@ type workerSpec struct {
 	Keys []string `json:"keys,omitempty"`
 	// Keyed makes the worker call its keys through one Keyed instead of
 	// one Throttle per key.
-	Keyed    bool          `json:"keyed,omitempty"`
-	Interval time.Duration `json:"interval"`
-	Limit    int           `json:"limit"`
-	Wait     time.Duration `json:"wait"`
-	Duration time.Duration `json:"duration"`
-	ID       int           `json:"id"`
+	Keyed bool `json:"keyed,omitempty"`
+	// AutoPipeline makes the worker's store use go-redis auto-pipelining.
+	AutoPipeline bool          `json:"autopipeline,omitempty"`
+	Interval     time.Duration `json:"interval"`
+	Limit        int           `json:"limit"`
+	Wait         time.Duration `json:"wait"`
+	Duration     time.Duration `json:"duration"`
+	ID           int           `json:"id"`
 }
 
 // workerEvent is one event line of a worker: a simevent line plus the index
@@ -81,6 +83,14 @@ func runWorker() error {
 		c = redis.NewClient(&redis.Options{Addr: spec.Addr, ContextTimeoutEnabled: true})
 	}
 	defer c.Close()
+	if spec.AutoPipeline {
+		ap, err := c.(*redis.Client).AutoPipeline()
+		if err != nil {
+			return err
+		}
+		defer ap.Close()
+		c = ap
+	}
 	keys := spec.Keys
 	if len(keys) == 0 {
 		keys = []string{spec.Key}
@@ -317,6 +327,33 @@ func TestCrossProcess(t *testing.T) {
 	}
 	if !redistest.Available() && !requireRedis() {
 		return
+	}
+	// go-redis auto-pipelining: concurrent commands of a worker share round
+	// trips. Several keys per worker, so that they do.
+	for _, c := range []struct {
+		name     string
+		interval time.Duration
+		limit    int
+		wait     time.Duration
+	}{
+		{"autopipeline limit 1 per 50ms", 50 * time.Millisecond, 1, 0},
+		{"autopipeline limit 2 per 60ms waiting", 60 * time.Millisecond, 2, time.Second},
+		{"autopipeline limit 100 per 500ms", 500 * time.Millisecond, 100, 0},
+	} {
+		t.Run("redis/"+c.name, func(t *testing.T) {
+			keys := []string{"ap:a:" + t.Name(), "ap:b:" + t.Name(), "ap:c:" + t.Name()}
+			spec := workerSpec{Addr: servers[len(servers)-1].addr, Keys: keys, Keyed: true, AutoPipeline: true,
+				Interval: c.interval, Limit: c.limit, Wait: c.wait, Duration: duration}
+			byKey := map[int][]simevent.Event{}
+			for _, e := range runKeyedWorkers(t, workers, spec) {
+				byKey[e.KeyIndex] = append(byKey[e.KeyIndex], e.Event)
+			}
+			for i := range keys {
+				t.Run(fmt.Sprint("key ", i), func(t *testing.T) {
+					checkWorkerEvents(t, byKey[i], workers, c.interval, c.limit, duration)
+				})
+			}
+		})
 	}
 	// A 3-master Redis Cluster: every worker process calls keys that live in
 	// different slots on different masters, one goroutine per key, through

@@ -106,15 +106,18 @@ func WithKeyPrefix(prefix string) RedisOption {
 }
 
 // NewRedisStore returns a RedisStore that uses c: a *redis.Client, a
-// *redis.ClusterClient or a Sentinel failover client. (A *redis.Ring works
-// too, but moves keys when its shards change, which restarts throttles
-// from empty state.)
+// *redis.ClusterClient or a Sentinel failover client, or the
+// *redis.AutoPipeliner of one (go-redis auto-pipelining: the commands of
+// concurrent callers share round trips; the store never closes it). A
+// *redis.Ring works too, but moves keys when its shards change, which
+// restarts throttles from empty state.
 //
 // Every decision is bounded by the throttle's timeout (WithTimeout). When c
 // was made with ContextTimeoutEnabled (recommended), go-redis itself stops
-// at that deadline. Otherwise go-redis ignores context deadlines, so each
-// call runs in a goroutine that the caller leaves when the timeout ends;
-// that goroutine ends when go-redis returns (at its ReadTimeout at worst).
+// at that deadline. Otherwise, and for an AutoPipeliner (which does not
+// honour a queued command's context), each call runs in a goroutine that
+// the caller leaves when the timeout ends; that goroutine ends when
+// go-redis returns (at its ReadTimeout at worst).
 //
 // NewRedisStore panics if the key prefix contains '{' or '}'.
 func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {

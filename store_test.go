@@ -97,6 +97,14 @@ func harnesses(t *testing.T) []harness {
 		rc := srv.Client(t)
 		rs := NewRedisStore(rc, WithKeyPrefix("contract:"))
 		hs = append(hs, harness{name: "redis", store: rs, advance: sleep, ttl: redisTTL(t, rc, rs), tick: redisTick})
+		// The same server through go-redis auto-pipelining: commands of
+		// concurrent callers share round trips, and a queued command's
+		// context is not honoured (the store bounds the wait itself).
+		ap, err := rc.AutoPipeline()
+		require.NoError(t, err, "AutoPipeline")
+		t.Cleanup(func() { _ = ap.Close() })
+		as := NewRedisStore(ap, WithKeyPrefix("contract-ap:"))
+		hs = append(hs, harness{name: "redis-autopipeline", store: as, advance: sleep, ttl: redisTTL(t, rc, as), tick: redisTick})
 		cc := redistest.StartCluster(t, 3).Client(t)
 		cs := NewRedisStore(cc, WithKeyPrefix("contract:"))
 		hs = append(hs, harness{name: "cluster", store: cs, advance: sleep, ttl: redisTTL(t, cc, cs), tick: redisTick})
