@@ -287,6 +287,12 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if res.Delay <= 0 {
 		return nil
 	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
+		// The round trip used up the time left: the booked start comes
+		// after ctx ends. Hand it back, and report it as throttled.
+		c.cancel(ctx, store, key, e, res)
+		return &ThrottledError{Key: key, RetryAfter: res.Delay}
+	}
 	timer := time.NewTimer(res.Delay)
 	select {
 	case <-timer.C:

@@ -385,15 +385,23 @@ func TestWaitBeyondMaxIsThrottledAtOnce(t *testing.T) {
 func TestWaitCancelledHandsTheSlotBack(t *testing.T) {
 	for _, limit := range []int{1, 2} {
 		m, _ := fakeMemory()
-		th, err := New("k", time.Hour, WithStore(m), WithLimit(limit))
+		// The observer sees the booking before Wait sleeps: cancelling there
+		// cuts the Wait short after its booking, never before.
+		ctx, cancel := context.WithCancel(context.Background())
+		var booked atomic.Int32
+		th, err := New("k", time.Hour, WithStore(m), WithLimit(limit), WithObserver(func(e Event) {
+			if e.Allowed && e.Delay > 0 {
+				booked.Add(1)
+				cancel()
+			}
+		}))
 		require.NoError(t, err)
 		for range limit {
 			require.NoError(t, th.Wait(context.Background()))
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		time.AfterFunc(20*time.Millisecond, cancel)
 		start := time.Now()
 		err = th.Wait(ctx)
+		require.EqualValues(t, 1, booked.Load(), "limit %d: bookings made by the cancelled Wait", limit)
 		assert.ErrorIs(t, err, context.Canceled, "limit %d: Wait cancelled while sleeping", limit)
 		assert.Less(t, time.Since(start), time.Second, "cancelled Wait returns promptly")
 		res, err := m.Take(context.Background(), "k", Request{Interval: time.Hour, Limit: limit, MaxWait: 3 * time.Hour})
@@ -478,4 +486,40 @@ func TestFallbackLimitsLocallyWhileTheStoreFails(t *testing.T) {
 
 	_, err = New("k", time.Hour, WithFallback(-1))
 	assert.EqualError(t, err, "throttle: negative fallback limit -1")
+}
+
+// TestWaitBookedPastTheDeadlineIsThrottled: when the store books a start
+// that the time left before ctx's deadline cannot reach (the round trip
+// used it up), Wait hands the booking back and reports the call as
+// throttled, not as ctx's error.
+func TestWaitBookedPastTheDeadlineIsThrottled(t *testing.T) {
+	m, _ := fakeMemory()
+	store := slowStore{MemoryStore: m, delay: 30 * time.Millisecond}
+	th, err := New("k", 100*time.Millisecond, WithStore(store))
+	require.NoError(t, err)
+	require.NoError(t, th.Wait(context.Background()))
+	// 120 ms left when Wait asks; the store books the start 100 ms ahead
+	// but answers 30 ms later, with at most 90 ms left.
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Millisecond)
+	defer cancel()
+	err = th.Wait(ctx)
+	var te *ThrottledError
+	require.ErrorAs(t, err, &te, "Wait whose booking falls past the deadline")
+	assert.Equal(t, 100*time.Millisecond, te.RetryAfter, "RetryAfter: the booked delay")
+	res, err := m.Take(context.Background(), "k", Request{Interval: 100 * time.Millisecond, Limit: 1, MaxWait: time.Hour})
+	require.NoError(t, err)
+	assert.Equal(t, 100*time.Millisecond, res.Delay, "the booking was handed back")
+}
+
+// slowStore is a MemoryStore whose Take answers after delay of real time
+// (its own clock does not move).
+type slowStore struct {
+	*MemoryStore
+	delay time.Duration
+}
+
+func (s slowStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
+	res, err := s.MemoryStore.Take(ctx, key, req)
+	time.Sleep(s.delay)
+	return res, err
 }
