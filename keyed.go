@@ -112,7 +112,8 @@ func (k *Keyed) entry(key string) *entry {
 // not run fn and returns an error.
 //
 // With WithWait the returned function waits for its turn, up to the wait
-// and never past ctx. A panic in fn reaches the caller unchanged.
+// and never past ctx. With WithConcurrency, fn runs holding a lease of its
+// key, as with WrapErr. A panic in fn reaches the caller unchanged.
 func WrapKeyed[A, T any](interval time.Duration, keyOf func(A) string, fn func(context.Context, A) (T, error), opts ...Option) func(context.Context, A) (T, error) {
 	if keyOf == nil {
 		panic("throttle: nil keyOf")
@@ -123,6 +124,16 @@ func WrapKeyed[A, T any](interval time.Duration, keyOf func(A) string, fn func(c
 	k, err := NewKeyed(interval, opts...)
 	if err != nil {
 		panic(err.Error())
+	}
+	if k.c.capped() {
+		return func(ctx context.Context, a A) (T, error) {
+			key := keyOf(a)
+			if key == "" {
+				var zero T
+				return zero, errEmptyKey
+			}
+			return runLeased(ctx, k.c, key, k.entry(key), func(ctx context.Context) (T, error) { return fn(ctx, a) })
+		}
 	}
 	return func(ctx context.Context, a A) (T, error) {
 		key := keyOf(a)

@@ -28,6 +28,10 @@ type memKey struct {
 	head    int
 	expires int64
 	hold    int64 // no start before this (see Hold)
+	// leases maps the token of each lease (see Leaser) to its expiry;
+	// free, when not nil, is closed when a lease is released.
+	leases map[string]int64
+	free   chan struct{}
 }
 
 // forget drops the starts at or before cutoff (they left the window).
@@ -61,10 +65,25 @@ func (m *MemoryStore) local() {}
 
 // Take implements Store. It never blocks and never fails.
 func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservation, error) {
-	interval := int64(req.Interval)
 	m.mu.Lock()
 	now := m.now()
 	k := m.keyState(key, now, req.Interval)
+	slot := k.earliest(now, req)
+	delay := slot - now
+	if delay > 0 && delay > int64(req.MaxWait) {
+		m.mu.Unlock()
+		return Reservation{RetryAfter: time.Duration(delay)}, nil
+	}
+	k.record(slot, req)
+	res := Reservation{OK: true, Delay: time.Duration(delay), Slot: slot}
+	m.mu.Unlock()
+	return res, nil
+}
+
+// earliest returns the earliest start at or after now that req's limit
+// admits, after dropping the starts that left the window.
+func (k *memKey) earliest(now int64, req Request) int64 {
+	interval := int64(req.Interval)
 	k.forget(now - interval)
 	n := len(k.times) - k.head
 	slot := max(now, k.hold)
@@ -78,19 +97,16 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 			}
 		}
 	}
-	delay := slot - now
-	if delay > 0 && delay > int64(req.MaxWait) {
-		m.mu.Unlock()
-		return Reservation{RetryAfter: time.Duration(delay)}, nil
-	}
+	return slot
+}
+
+// record adds a start at slot, which earliest admitted.
+func (k *memKey) record(slot int64, req Request) {
 	if k.head > 0 && k.head >= len(k.times)/2 {
 		k.compact()
 	}
 	k.times = append(k.times, slot)
-	k.expires = slot + interval
-	res := Reservation{OK: true, Delay: time.Duration(delay), Slot: slot}
-	m.mu.Unlock()
-	return res, nil
+	k.expires = max(k.expires, slot+int64(req.Interval))
 }
 
 // Cancel implements Store. It never fails.

@@ -38,6 +38,10 @@ type config struct {
 	timeout   time.Duration
 	denyCache bool
 	observer  func(Event)
+	// concurrency is the cap of WithConcurrency; 0 when not set.
+	concurrency    int
+	concurrencySet bool
+	leaseTTL       time.Duration
 }
 
 // defaultConfig returns the configuration that the options modify.
@@ -46,6 +50,7 @@ func defaultConfig() config {
 		limit:     1,
 		timeout:   DefaultTimeout,
 		denyCache: true,
+		leaseTTL:  DefaultLeaseTTL,
 	}
 }
 
@@ -120,10 +125,57 @@ func WithObserver(fn func(Event)) Option {
 	return optionFunc(func(c *config) { c.observer = fn })
 }
 
+// WithConcurrency lets at most k executions of fn be in flight at any
+// instant, across every process that shares the store: a call holds one of
+// k leases from before fn starts until it returns (see Lease). With a rate
+// too, a call needs a start under the rate and a free lease, decided in one
+// atomic step, so a call refused by one uses nothing of the other. With it,
+// an interval of 0 means no rate, only the cap; with an interval, the limit
+// must be at most 64. A throttle with a cap decides with Acquire or the
+// Wrap functions; its Allow and Wait return an error. k must be at least 1.
+// Default: no cap.
+func WithConcurrency(k int) Option {
+	return optionFunc(func(c *config) { c.concurrency, c.concurrencySet = k, true })
+}
+
+// WithLeaseTTL sets how long a lease (see WithConcurrency) outlives a
+// holder that stopped renewing it, on the store's clock: a process that
+// dies holding a lease frees it d after its last renewal, never before.
+// While fn runs, its lease is renewed every d/3. d is at least
+// MinLeaseTTL; a negative d is an error; 0 means the default.
+// Default: DefaultLeaseTTL (10 s).
+func WithLeaseTTL(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.leaseTTL = d })
+}
+
+// DefaultLeaseTTL is the lease TTL when WithLeaseTTL is not given.
+const DefaultLeaseTTL = 10 * time.Second
+
+// MinLeaseTTL is the shortest lease TTL WithLeaseTTL accepts: a lease is
+// renewed every third of its TTL, which must leave room for a round trip.
+const MinLeaseTTL = 10 * time.Millisecond
+
+// maxLeaseLimit is the largest limit that a rate combined with a cap may
+// have: the rate is kept in slot keys (see RedisStore).
+const maxLeaseLimit = 64
+
 // validate reports the first problem with interval and c, or nil.
 func validate(interval time.Duration, c *config) error {
 	switch {
-	case interval < time.Millisecond:
+	case c.concurrencySet && c.concurrency < 1:
+		return fmt.Errorf("throttle: concurrency %d is below 1", c.concurrency)
+	case c.concurrency > MaxLimit:
+		return fmt.Errorf("throttle: concurrency %d is above %d", c.concurrency, MaxLimit)
+	case c.leaseTTL < 0:
+		return fmt.Errorf("throttle: negative lease TTL %v", c.leaseTTL)
+	case c.leaseTTL > 0 && c.leaseTTL < MinLeaseTTL:
+		return fmt.Errorf("throttle: lease TTL %v is below %v", c.leaseTTL, MinLeaseTTL)
+	case c.leaseTTL > MaxInterval:
+		return fmt.Errorf("throttle: lease TTL %v is above %v", c.leaseTTL, MaxInterval)
+	case c.concurrencySet && c.limit > maxLeaseLimit && interval > 0:
+		return fmt.Errorf("throttle: WithConcurrency needs a limit of at most %d, not %d", maxLeaseLimit, c.limit)
+	case interval < time.Millisecond && (interval != 0 || !c.concurrencySet):
+		// An interval of 0 is a pure cap, allowed with WithConcurrency.
 		return fmt.Errorf("throttle: interval %v is below 1ms", interval)
 	case interval > MaxInterval:
 		return fmt.Errorf("throttle: interval %v is above %v", interval, MaxInterval)
@@ -146,6 +198,9 @@ func validate(interval time.Duration, c *config) error {
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
+	}
+	if c.leaseTTL == 0 {
+		c.leaseTTL = DefaultLeaseTTL
 	}
 	return nil
 }

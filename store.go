@@ -47,6 +47,12 @@ type Request struct {
 	Limit int
 	// MaxWait is how far ahead Take may book a start; 0 means only now.
 	MaxWait time.Duration
+	// Concurrency is, for a Leaser's methods, the number of leases of the
+	// key (WithConcurrency). Take and the other Store methods ignore it.
+	Concurrency int
+	// LeaseTTL is, for a Leaser's methods, how long a lease lasts after
+	// it is taken or renewed.
+	LeaseTTL time.Duration
 }
 
 // A Clock tells the time. A Store that is also a Clock says that it keeps
@@ -74,6 +80,12 @@ type Reservation struct {
 	RetryAfter time.Duration
 	// Slot identifies the booking for Cancel. Its meaning is the store's.
 	Slot int64
+	// Full reports, for a denial by a Leaser's TakeLease, that every lease
+	// was held while the rate would have admitted the call. RetryAfter is
+	// then the time until the earliest lease expires unless renewed: an
+	// upper bound for a lease whose holder died, not a lower one, since a
+	// release can free a lease at any moment. The throttle never caches it.
+	Full bool
 
 	// cached and before are what a booking raised the deny cache to, and
 	// from; set by the Throttle, not the store.
@@ -100,6 +112,36 @@ type Holder interface {
 	Hold(ctx context.Context, key string, req Request, d time.Duration) error
 	// Held returns how long the latest hold of key still lasts, or 0.
 	Held(ctx context.Context, key string) (time.Duration, error)
+}
+
+// A Leaser is a Store that also keeps concurrency leases, as WithConcurrency
+// needs: at most req.Concurrency leases of a key are held at any instant, on
+// the store's clock, across every process that shares the store. RedisStore,
+// MemoryStore and throttletest.Store are Leasers.
+//
+// A lease is named by a token that its taker chooses (random, unique). It
+// expires req.LeaseTTL after it is taken or last renewed, so a holder that
+// dies frees it then, never before.
+type Leaser interface {
+	Store
+	// TakeLease asks, in one atomic step, for one start of key under req's
+	// rate (none when req.Interval is 0; booked up to req.MaxWait ahead, as
+	// Take does) and one lease named token, held from now until the start
+	// plus req.LeaseTTL. It takes both or nothing. A denial by the rate is
+	// a Reservation as Take returns; a denial by the cap has Full set.
+	TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error)
+	// RenewLease makes the lease token last req.LeaseTTL from now, and
+	// never shortens it. It reports false when the lease is gone: expired,
+	// released, or deleted.
+	RenewLease(ctx context.Context, key string, req Request, token string) (bool, error)
+	// ReleaseLease ends the lease token, if it is still held, and wakes an
+	// AwaitLease of key. A lease that is gone is not an error.
+	ReleaseLease(ctx context.Context, key string, req Request, token string) error
+	// AwaitLease blocks until a lease of key may have been released since
+	// the last TakeLease that found them all held, d has passed, or ctx
+	// ends; it returns nil in each case, and an error only when the store
+	// failed. A wake-up is a hint: the next TakeLease decides.
+	AwaitLease(ctx context.Context, key string, req Request, d time.Duration) error
 }
 
 // localStore is implemented by stores that never block, whose decisions

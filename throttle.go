@@ -91,6 +91,9 @@ func mustNew(key string, interval time.Duration, opts []Option) *Throttle {
 // failed or did not answer within the timeout. For a store failure the
 // Decision says what the policy chose: not allowed by default, allowed with
 // WithFailOpen, and the process-local limit's decision with WithFallback.
+//
+// On a throttle with WithConcurrency, Allow returns an error and no
+// decision: use Acquire, which holds a lease, or the Wrap functions.
 func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 	return t.c.allow(ctx, t.key, &t.e)
 }
@@ -106,6 +109,8 @@ func (t *Throttle) Allow(ctx context.Context) (Decision, error) {
 // booked after it), and an error matching ErrStoreUnavailable when the store
 // failed. When the store failed, WithFailOpen makes it return nil, and
 // WithFallback makes it wait for a turn under the process-local limit.
+//
+// On a throttle with WithConcurrency, Wait returns an error: use Acquire.
 func (t *Throttle) Wait(ctx context.Context) error {
 	return t.c.wait(ctx, t.key, &t.e, t.c.maxWait())
 }
@@ -128,12 +133,24 @@ func (t *Throttle) Reset(ctx context.Context) error {
 // With WithWait the returned function waits for its turn (up to the wait)
 // before it gives up. When the store fails, fn is not called (fail closed)
 // unless WithFailOpen is set. Use WrapErr to learn why a call did not run.
-// A panic in fn reaches the caller unchanged.
+// With WithConcurrency, fn runs holding a lease, released when fn returns
+// or panics. A panic in fn reaches the caller unchanged.
 func Wrap[T any](key string, interval time.Duration, fn func() T, opts ...Option) func() T {
 	if fn == nil {
 		panic("throttle: nil fn")
 	}
 	t := mustNew(key, interval, opts)
+	if t.c.capped() {
+		return func() T {
+			l, err := t.c.acquire(context.Background(), t.key, &t.e, t.c.cfg.wait)
+			if err != nil {
+				var zero T
+				return zero
+			}
+			defer l.Release()
+			return fn()
+		}
+	}
 	return func() T {
 		if t.c.admit(context.Background(), t.key, &t.e) != nil {
 			var zero T
@@ -153,12 +170,21 @@ func Wrap[T any](key string, interval time.Duration, fn func() T, opts ...Option
 // when that fails, and when fn is nil.
 //
 // With WithWait the returned function waits for its turn, up to the wait
-// and never past ctx. A panic in fn reaches the caller unchanged.
+// and never past ctx. With WithConcurrency, fn runs holding a lease,
+// released when fn returns or panics; the ctx given to fn ends when the
+// lease is lost (its cause is then ErrLeaseLost), and a call refused by the
+// cap returns an error matching ErrAtCapacity too. A panic in fn reaches
+// the caller unchanged.
 func WrapErr[T any](key string, interval time.Duration, fn func(context.Context) (T, error), opts ...Option) func(context.Context) (T, error) {
 	if fn == nil {
 		panic("throttle: nil fn")
 	}
 	t := mustNew(key, interval, opts)
+	if t.c.capped() {
+		return func(ctx context.Context) (T, error) {
+			return runLeased(ctx, t.c, t.key, &t.e, fn)
+		}
+	}
 	return func(ctx context.Context) (T, error) {
 		if err := t.c.admit(ctx, t.key, &t.e); err != nil {
 			var zero T
@@ -223,6 +249,9 @@ func (c *core) maxWait() time.Duration {
 }
 
 func (c *core) allow(ctx context.Context, key string, e *entry) (Decision, error) {
+	if c.capped() {
+		return Decision{}, errLeaseRequired
+	}
 	res, err := c.take(ctx, key, e, 0)
 	if err != nil {
 		// res is the fallback's decision, or empty.
@@ -270,6 +299,9 @@ func (c *core) degraded(key string, res Reservation, err error) error {
 // wait books a start at most maxWait (and ctx's deadline) away and sleeps
 // until it.
 func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Duration) error {
+	if c.capped() {
+		return errLeaseRequired
+	}
 	if deadline, ok := ctx.Deadline(); ok {
 		maxWait = min(maxWait, max(time.Until(deadline), 0))
 	}

@@ -1,0 +1,130 @@
+package throttle
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/lease.lua
+	leaseSource string
+
+	leaseScript = redis.NewScript(leaseSource)
+)
+
+// Suffixes of the keys of a throttle with a cap (WithConcurrency).
+const (
+	leasesSuffix = ":leases" // the sorted set of leases
+	freeSuffix   = ":free"   // the list that wakes waiters
+)
+
+// leaseWakeTTL is how long a wake-up pushed by a release waits for a
+// blocked waiter in P{k}:free.
+const leaseWakeTTL = time.Second
+
+var _ Leaser = (*RedisStore)(nil)
+
+// LeaseKeys returns the names of the Redis keys that the leases of a
+// throttle of key with a cap (WithConcurrency) may write: P{key}:leases, a
+// sorted set of the leases (member: a random token; score: its expiry in
+// Redis server milliseconds), and P{key}:free, the list that a release
+// pushes to so that a blocked waiter wakes. Both always have an expiry.
+// Reset does not delete them: the holders of the leases still run.
+func (s *RedisStore) LeaseKeys(key string) []string {
+	return []string{s.name(key, leasesSuffix), s.name(key, freeSuffix)}
+}
+
+// TakeLease implements Leaser with one script (scripts/lease.lua) over the
+// lease set and, when req has a rate, its slot keys: one round trip. The
+// lease's expiry and the slots' are on the Redis server's clock. A booked
+// start can be handed back with Cancel, as one made by Take.
+func (s *RedisStore) TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
+	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.takeLease(ctx, key, req, token) })
+}
+
+func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
+	if req.Concurrency < 1 || req.LeaseTTL < time.Millisecond {
+		return Reservation{}, fmt.Errorf("throttle: cannot lease with concurrency %d and TTL %v", req.Concurrency, req.LeaseTTL)
+	}
+	keys := s.LeaseKeys(key)
+	first, n := 0, 0
+	var interval int64
+	if req.Interval > 0 {
+		n = req.Limit
+		if n < 1 || n > maxSlots {
+			return Reservation{}, fmt.Errorf("throttle: cannot lease with a limit of %d", n)
+		}
+		keys = append(keys, s.slots(key, n)...)
+		interval = millis(ceilMillis(req.Interval))
+		if n > 1 {
+			first = int(s.next.Add(1) % uint32(n))
+		}
+	}
+	v, err := s.run(ctx, leaseScript, keys, "a", token, req.Concurrency, millis(ceilMillis(req.LeaseTTL)),
+		interval, millis(min(req.MaxWait, MaxInterval)), first).Int64Slice()
+	if err != nil {
+		return Reservation{}, err
+	}
+	if len(v) != 6 || (n > 0 && (v[3] < 0 || v[3] >= int64(n))) {
+		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from lease script", v)
+	}
+	if n > 1 && v[5] == 0 {
+		hint := v[3] + int64(n) - 1
+		if v[0] == 1 {
+			hint++
+		}
+		s.next.Store(uint32(hint))
+	}
+	return Reservation{
+		OK:         v[0] == 1,
+		Delay:      time.Duration(v[1]) * time.Millisecond,
+		RetryAfter: time.Duration(v[2]) * time.Millisecond,
+		Slot:       v[4]<<8 | v[3],
+		Full:       v[5] == 1,
+	}, nil
+}
+
+// RenewLease implements Leaser: one script call.
+func (s *RedisStore) RenewLease(ctx context.Context, key string, req Request, token string) (bool, error) {
+	return bounded(s, ctx, func(ctx context.Context) (bool, error) {
+		n, err := s.run(ctx, leaseScript, s.LeaseKeys(key), "r", token, millis(ceilMillis(req.LeaseTTL))).Int64()
+		return n == 1, err
+	})
+}
+
+// ReleaseLease implements Leaser: one script call, which also pushes a
+// wake-up to P{key}:free for a waiter blocked in AwaitLease.
+func (s *RedisStore) ReleaseLease(ctx context.Context, key string, req Request, token string) error {
+	return boundedErr(s, ctx, func(ctx context.Context) error {
+		return s.run(ctx, leaseScript, s.LeaseKeys(key), "x", token, max(req.Concurrency, 1), millis(leaseWakeTTL)).Err()
+	})
+}
+
+// AwaitLease implements Leaser with BLPOP on P{key}:free: it returns when a
+// release pushes a wake-up (a release since the caller's last TakeLease
+// left one there), after d, or when ctx ends. Each waiter holds one pooled
+// connection of the client for as long as it waits, so size the pool
+// (PoolSize) for the waiters as well as the other calls. Redis's BLPOP
+// timeout is whole seconds; d is kept by the context, and a wait that ends
+// that way closes its connection when the client honours context deadlines
+// (ContextTimeoutEnabled).
+func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	secs := max((d + time.Second - 1).Truncate(time.Second), time.Second)
+	err := boundedErr(s, wctx, func(ctx context.Context) error {
+		return s.client.BLPop(ctx, secs, s.name(key, freeSuffix)).Err()
+	})
+	if err == nil || errors.Is(err, redis.Nil) || wctx.Err() != nil {
+		return nil
+	}
+	return err
+}
