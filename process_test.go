@@ -28,6 +28,9 @@ import (
 const workerEnv = "THROTTLE_TEST_WORKER"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(leaseWorkerEnv) != "" {
+		os.Exit(runLeaseWorker())
+	}
 	if os.Getenv(workerEnv) != "" {
 		if err := runWorker(); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)

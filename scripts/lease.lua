@@ -77,6 +77,15 @@ end
 local token, k, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local interval, maxwait, first = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n = #KEYS - 2
+-- A token already held is this call run again (go-redis retries a command
+-- whose reply was lost): answer as the first run did when it cannot have
+-- booked ahead; otherwise refuse, which costs that lease until its TTL.
+if redis.call('ZSCORE', L, token) then
+  if n == 0 or maxwait == 0 then
+    return {1, 0, 0, 0, 0, 0}
+  end
+  return {0, 0, 0, 0, 0, 1}
+end
 local slot, delay = nil, 0
 if n > 0 then
   local best, bestttl
