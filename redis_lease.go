@@ -126,5 +126,10 @@ func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d ti
 	if err == nil || errors.Is(err, redis.Nil) || wctx.Err() != nil {
 		return nil
 	}
+	if deadline, _ := wctx.Deadline(); !time.Now().Before(deadline) {
+		// The connection's read deadline (wctx's) ended the wait just
+		// before wctx noticed.
+		return nil
+	}
 	return err
 }

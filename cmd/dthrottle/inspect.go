@@ -16,11 +16,12 @@ import (
 
 // keyFlags are the flags of inspect and reset.
 type keyFlags struct {
-	redisURL string
-	prefix   string
-	limit    int
-	interval time.Duration
-	key      string
+	redisURL    string
+	prefix      string
+	limit       int
+	interval    time.Duration
+	concurrency int
+	key         string
 }
 
 // parseKeyCmd parses "KEY --redis URL [flags]" for inspect (withInterval)
@@ -31,6 +32,9 @@ func parseKeyCmd(name, about string, withInterval bool, args []string, stderr io
 	fs.StringVar(&k.redisURL, "redis", "", "Redis `URL`, such as redis://127.0.0.1:6379/0 (required)")
 	fs.StringVar(&k.prefix, "prefix", throttle.DefaultKeyPrefix, "the store's key prefix (throttle.WithKeyPrefix)")
 	fs.IntVar(&k.limit, "limit", 1, "the throttle's limit (throttle.WithLimit), which sets the names of its Redis keys")
+	if withInterval {
+		fs.IntVar(&k.concurrency, "concurrency", 0, "the throttle's cap (throttle.WithConcurrency), to show its leases against it")
+	}
 	if withInterval {
 		fs.DurationVar(&k.interval, "interval", 0, "the throttle's interval, for a limit above 64 (optional: inferred from the key's expiry)")
 	}
@@ -69,8 +73,14 @@ to the server's TIME, or a hold). The next start is free now when a slot is
 free, and otherwise 1 ms after the first slot expires (Redis keeps a key through
 its expiry millisecond).
 
-A limit above 64 is a list, prefix{KEY}:list, of start times in server
-microseconds; inspect shows them relative to TIME.
+A limit above 64 is a hash, prefix{KEY}:window, of counts of starts per time
+bucket (1/200 of the interval); inspect shows the newest bucket, the count and
+any hold, and with --interval the starts in the window.
+
+A throttle with a cap (throttle.WithConcurrency) keeps its leases in
+prefix{KEY}:leases, a sorted set of random tokens scored by their expiry in
+server milliseconds; inspect lists the leases held (--concurrency K shows the
+cap), and the wake-ups in prefix{KEY}:free that releases left for waiters.
 
 prefix{KEY}:hold records a hold (Throttle.Hold, such as after a 429 with
 Retry-After) while it lasts.`
@@ -99,8 +109,8 @@ type keyState struct {
 	name string
 	typ  *redis.StatusCmd
 	pttl *redis.DurationCmd
-	get  *redis.StringCmd      // slots only
-	list *redis.StringSliceCmd // the list only
+	get  *redis.StringCmd          // slots only
+	hash *redis.MapStringStringCmd // the window only
 }
 
 // stateKeys returns the names of the keys that hold the starts of a
@@ -147,13 +157,19 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 		now    *redis.TimeCmd
 		hold   *redis.DurationCmd
 		exists []*redis.IntCmd
+
+		leaseNames = store.LeaseKeys(k.key)
+		leasesType *redis.StatusCmd
+		leases     *redis.ZSliceCmd
+		leasesTTL  *redis.DurationCmd
+		wakeups    *redis.IntCmd
 	)
 	_, err := client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		now = pipe.Time(ctx)
 		for _, name := range names {
 			st := keyState{name: name, typ: pipe.Type(ctx, name), pttl: pipe.PTTL(ctx, name)}
 			if list {
-				st.list = pipe.LRange(ctx, name, 0, -1)
+				st.hash = pipe.HGetAll(ctx, name)
 			} else {
 				st.get = pipe.Get(ctx, name)
 			}
@@ -161,6 +177,10 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 		}
 		hold = pipe.PTTL(ctx, holdName)
 		exists = existsEach(ctx, pipe, stray)
+		leasesType = pipe.Type(ctx, leaseNames[0])
+		leases = pipe.ZRangeWithScores(ctx, leaseNames[0], 0, -1)
+		leasesTTL = pipe.PTTL(ctx, leaseNames[0])
+		wakeups = pipe.LLen(ctx, leaseNames[1])
 		return nil
 	})
 	// GET or LRANGE of a key of another type fails alone; TYPE reports it.
@@ -180,7 +200,7 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	row("server time", "%s (Redis TIME)", serverNow.UTC().Format("2006-01-02 15:04:05.000000 MST"))
 	switch {
 	case list:
-		row("limit", "%d (--limit): a list of start times", k.limit)
+		row("limit", "%d (--limit): counts of starts per time bucket", k.limit)
 	case k.limit == 1:
 		row("limit", "1 (--limit): 1 slot key, held for one interval by a start")
 	default:
@@ -200,6 +220,7 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	} else {
 		showSlots(w, row, states, nowUs)
 	}
+	showLeases(w, row, k, leaseNames, leasesType.Val(), leases, leasesTTL.Val(), wakeups.Val(), serverNow)
 	if found := existing(stray, exists); len(found) > 0 {
 		fmt.Fprintf(w, "note: %s of another limit exists; give the throttle's own --limit (throttles sharing a key must use the same limit)\n",
 			strings.Join(quoteAll(found), " and "))
@@ -289,77 +310,117 @@ func slotValue(v string, nowUs int64) string {
 	return fmt.Sprintf("%s (not written by dthrottle)", strconv.Quote(v))
 }
 
-// showList shows the list of a limit above 64 and the next free start.
+// showList shows the window of a limit above 64 (scripts/window.lua): a
+// hash whose field c is "l:C", l the newest bucket with a start and C the
+// starts counted so far, h the end of a hold in server microseconds, and
+// ring fields "b:C(b)", C(b) the starts up to bucket b. A bucket is
+// ceil(interval/200) microseconds; with --interval, inspect shows the end
+// of the newest bucket and the starts in the window.
 func showList(w io.Writer, row func(string, string, ...any), st keyState, nowUs int64, k keyFlags) error {
 	ttl := st.pttl.Val()
 	switch t := st.typ.Val(); t {
 	case "none":
-		row("list", "%s  none: no state (never used, or idle for a whole interval)", strconv.Quote(st.name))
+		row("window", "%s  none: no state (never used, or idle for a whole interval)", strconv.Quote(st.name))
 		row("next start", "free now")
 		return nil
-	case "list":
+	case "hash":
 	default:
-		row("list", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(st.name), t, ttlText(ttl))
+		row("window", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(st.name), t, ttlText(ttl))
 		return nil
 	}
-	if err := st.list.Err(); err != nil {
+	if err := st.hash.Err(); err != nil {
 		return err
 	}
-	vals := st.list.Val()
-	row("list", "%s  ttl %s: start times in server microseconds, oldest first", strconv.Quote(st.name), ttlText(ttl))
-	starts := make([]int64, 0, len(vals))
-	row("starts", "%d recorded, relative to the server time:", len(vals))
-	for _, v := range vals {
-		us, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			fmt.Fprintf(w, "%-13s %s  (not a time)\n", "", strconv.Quote(v))
-			continue
-		}
-		starts = append(starts, us)
-		note := ""
-		if us > nowUs {
-			note = "  (booked by a waiting call, or a hold)"
-		}
-		fmt.Fprintf(w, "%-13s %d  %s%s\n", "", us, relative(time.Duration(us-nowUs)*time.Microsecond), note)
-	}
-	if len(starts) == 0 {
+	h := st.hash.Val()
+	row("window", "%s  ttl %s: counts of starts per bucket (%d fields)", strconv.Quote(st.name), ttlText(ttl), len(h))
+	l, total, ok := parsePair(h["c"])
+	if !ok {
+		row("count", "%s  (not \"bucket:count\")", strconv.Quote(h["c"]))
 		return nil
 	}
-	interval := k.interval
-	how := "--interval"
-	if interval == 0 && ttl >= 0 {
-		// The key expires one interval after its newest start.
-		newest := starts[len(starts)-1]
-		// Expiries are whole milliseconds and TIME has microseconds,
-		// so this is exact to within 1 ms; snap to a round value.
-		interval = (ttl + time.Duration(nowUs-newest)*time.Microsecond).Round(time.Millisecond)
-		if r := interval.Round(10 * time.Millisecond); r > 0 && (r-interval).Abs() <= time.Millisecond {
-			interval = r
+	if hold, err := strconv.ParseInt(h["h"], 10, 64); err == nil {
+		if hold > nowUs {
+			row("hold end", "in %s (recorded in the window)", fmtDur(time.Duration(hold-nowUs)*time.Microsecond))
+		} else {
+			row("hold end", "passed %s ago", fmtDur(time.Duration(nowUs-hold)*time.Microsecond))
 		}
-		how = "inferred from the ttl, to within 1ms"
 	}
-	if interval <= 0 {
+	row("count", "%d starts counted so far; newest bucket %d", total, l)
+	if k.interval <= 0 {
+		row("interval", "unknown: give --interval to see the newest bucket's time and the starts in the window")
 		return nil
 	}
-	in := 0
-	for _, s := range starts {
-		if s > nowUs-interval.Microseconds() && s <= nowUs {
-			in++
+	iv := k.interval.Microseconds()
+	bw := (iv + 199) / 200
+	end := (l + 1) * bw
+	row("newest", "bucket ends %s (each start counts as if at its bucket's end)", relative(time.Duration(end-nowUs)*time.Microsecond))
+	j0 := (nowUs-iv)/bw - 1
+	if nowUs-iv < 0 && (nowUs-iv)%bw != 0 {
+		j0--
+	}
+	before := int64(0)
+	switch {
+	case j0 >= l:
+		before = total
+	default:
+		if b, c, ok := parsePair(h[strconv.FormatInt(((j0%800)+800)%800, 10)]); ok && b == j0 {
+			before = c
 		}
 	}
-	row("interval", "%v (%s)", interval, how)
-	row("in window", "%d of limit %d started in the last %v", in, k.limit, interval)
-	n := len(starts)
-	next := max(nowUs, starts[n-1])
-	if n >= k.limit {
-		next = max(next, starts[n-k.limit]+interval.Microseconds())
-	}
-	if next <= nowUs {
+	in := total - before
+	row("in window", "%d of limit %d counted in the last %v", in, k.limit, k.interval)
+	if in < int64(k.limit) && nowUs >= end-bw {
 		row("next start", "free now")
 	} else {
-		row("next start", "free in %s", fmtDur(time.Duration(next-nowUs)*time.Microsecond))
+		row("next start", "not free: the window is full (or a start is booked ahead)")
 	}
 	return nil
+}
+
+// parsePair parses "a:b" into two integers.
+func parsePair(v string) (a, b int64, ok bool) {
+	x, y, found := strings.Cut(v, ":")
+	if !found {
+		return 0, 0, false
+	}
+	a, err1 := strconv.ParseInt(x, 10, 64)
+	b, err2 := strconv.ParseInt(y, 10, 64)
+	return a, b, err1 == nil && err2 == nil
+}
+
+// showLeases shows the leases of a throttle with a cap (WithConcurrency):
+// the sorted set prefix{KEY}:leases, member a token, score its expiry in
+// server milliseconds, and the wake-ups waiting in prefix{KEY}:free.
+func showLeases(w io.Writer, row func(string, string, ...any), k keyFlags, names []string, typ string, leases *redis.ZSliceCmd, ttl time.Duration, wakeups int64, now time.Time) {
+	capText := "--concurrency not given"
+	if k.concurrency > 0 {
+		capText = fmt.Sprintf("cap %d", k.concurrency)
+	}
+	switch typ {
+	case "none":
+		if k.concurrency > 0 {
+			row("leases", "%s  none held (%s)", strconv.Quote(names[0]), capText)
+		}
+		return
+	case "zset":
+	default:
+		row("leases", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(names[0]), typ, ttlText(ttl))
+		return
+	}
+	nowMs := now.UnixMilli()
+	var live []redis.Z
+	for _, z := range leases.Val() {
+		if int64(z.Score) > nowMs {
+			live = append(live, z)
+		}
+	}
+	row("leases", "%s  ttl %s: %d held (%s)", strconv.Quote(names[0]), ttlText(ttl), len(live), capText)
+	for _, z := range live {
+		fmt.Fprintf(w, "%-13s %v  expires in %s unless renewed\n", "", z.Member, fmtDur(time.Duration(int64(z.Score)-nowMs)*time.Millisecond))
+	}
+	if wakeups > 0 {
+		row("wake-ups", "%s  %d pushed by releases, not yet taken by a waiter", strconv.Quote(names[1]), wakeups)
+	}
 }
 
 // quoteAll quotes each of ss.

@@ -414,7 +414,7 @@ func testInspectAndReset(t *testing.T, addr string) {
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "a call of another throttle after reset of a held key")
 
-	// A limit above 64 keeps a list of start times (server µs).
+	// A limit above 64 keeps counts per time bucket in a hash.
 	const big = 65
 	kb := store.Keys("big", big)
 	require.Len(t, kb, 2, "the list and the hold record")
@@ -427,16 +427,32 @@ func testInspectAndReset(t *testing.T, addr string) {
 	}
 	code, out, errOut = runCmd(ctx, "inspect", "big", "--redis", url, "--limit", strconv.Itoa(big))
 	require.Equal(t, exitOK, code, errOut)
-	assert.Regexp(t, `(?m)^list +`+quotedRe(kb[0])+`  ttl `+minute+`: start times`, out)
-	assert.Contains(t, out, "65 recorded")
-	assert.Regexp(t, `(?m)^ +\d{16}  -\d`, out, "start times in server µs, relative to TIME")
-	assert.Contains(t, out, "interval      1m0s (inferred from the ttl")
-	assert.Contains(t, out, "65 of limit 65 started in the last 1m0s")
-	assert.Regexp(t, `(?m)^next start +free in `+minute+`$`, out)
+	assert.Regexp(t, `(?m)^window +`+quotedRe(kb[0])+`  ttl 1m0\.\d+s: counts of starts per bucket`, out)
+	assert.Regexp(t, `(?m)^count +65 starts counted so far; newest bucket \d+$`, out)
+	assert.Contains(t, out, "give --interval")
+	code, out, errOut = runCmd(ctx, "inspect", "big", "--redis", url, "--limit", strconv.Itoa(big), "--interval", "1m")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "65 of limit 65 counted in the last 1m0s")
+	assert.Regexp(t, `(?m)^newest +bucket ends \+\d`, out)
+	assert.Regexp(t, `(?m)^next start +not free`, out)
 	code, out, errOut = runCmd(ctx, "reset", "big", "--redis", url, "--limit", strconv.Itoa(big))
 	require.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, out, "reset: deleted 1 of the 2 keys")
 	assert.Zero(t, countKeys(kb))
+
+	// The leases of a throttle with a cap.
+	capped, err := throttle.New("capped", 0, throttle.WithStore(store), throttle.WithConcurrency(2))
+	require.NoError(t, err)
+	lease, err := capped.Acquire(ctx)
+	require.NoError(t, err)
+	code, out, errOut = runCmd(ctx, "inspect", "capped", "--redis", url, "--concurrency", "2")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^leases +`+quotedRe(store.LeaseKeys("capped")[0])+`  ttl \d+(\.\d+)?s: 1 held \(cap 2\)$`, out)
+	assert.Regexp(t, `(?m)^ +[0-9a-f]{32}  expires in \d+(\.\d+)?s unless renewed$`, out)
+	lease.Release()
+	code, out, errOut = runCmd(ctx, "inspect", "capped", "--redis", url, "--concurrency", "2")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `(?m)^leases +.*none held \(cap 2\)$`, out)
 
 	// Another prefix, and a slot that dthrottle did not write.
 	app := throttle.NewRedisStore(client, throttle.WithKeyPrefix("app:"))
@@ -519,4 +535,28 @@ func TestASCIITimeline(t *testing.T) {
 	assert.Equal(t, "w2   .x........S=========", lines[2], "a call without a finish runs to the end")
 	assert.Equal(t, "     +------------------+", lines[3])
 	assert.Equal(t, "     0s                 1s", lines[4])
+}
+
+// TestSimConcurrency runs the simulator with a cap, with and without a
+// rate: it passes, the summary reports the calls in flight, and the
+// timeline has its "fly" row.
+func TestSimConcurrency(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"--interval", "0", "--concurrency", "2"},
+		{"--interval", "100ms", "--limit", "2", "--concurrency", "2", "--wait", "300ms"},
+	} {
+		all := append([]string{"sim", "--workers", "3", "--duration", "1500ms", "--api-time", "150ms", "--think", "30ms", "--quiet", "--lease-ttl", "2s"}, args...)
+		code, out, errOut := runCmd(context.Background(), all...)
+		require.Equal(t, exitOK, code, "dthrottle %v: %s\n%s", all, out, errOut)
+		assert.Regexp(t, `(?m)^  max calls in flight +[12] +cap 2`, out)
+		assert.Regexp(t, `(?m)^fly +[.0-9]+$`, out)
+		assert.Contains(t, out, "PASS: the guarantee held: at most")
+	}
+	code, _, errOut := runCmd(context.Background(), "sim", "--interval", "0")
+	assert.Equal(t, exitUsage, code, "--interval 0 without --concurrency")
+	assert.Contains(t, errOut, "--interval 0s")
+	code, _, errOut = runCmd(context.Background(), "sim", "--concurrency", "-1")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "--concurrency -1")
 }

@@ -107,7 +107,13 @@ func (r *simResult) possible() int {
 // guarantee, and returns the exit status.
 func (r *simResult) report(w io.Writer) int {
 	c := r.cfg
-	rep := simevent.Check(simevent.Admissions(r.events()), c.interval, c.limit, r.span)
+	var rep simevent.Report
+	rated := c.interval > 0
+	if rated {
+		rep = simevent.Check(simevent.Admissions(r.events()), c.interval, c.limit, r.span)
+	} else {
+		rep.Starts = len(simevent.Admissions(r.events()))
+	}
 	st := r.stats()
 
 	title := "timeline"
@@ -131,8 +137,17 @@ func (r *simResult) report(w io.Writer) int {
 	}
 	fmt.Fprintf(w, "%-16s %6d %7d %10d %7d  %s\n", "all", tot.calls, tot.starts, tot.throttled, tot.errors, waitText(tot))
 
-	possible := r.possible()
-	fmt.Fprintf(w, "\nguarantee: at most %d start(s) in any %v window, across %d processes", c.limit, c.interval, c.workers)
+	fmt.Fprintf(w, "\nguarantee: ")
+	if rated {
+		fmt.Fprintf(w, "at most %d start(s) in any %v window", c.limit, c.interval)
+		if c.concurrency > 0 {
+			fmt.Fprint(w, " and ")
+		}
+	}
+	if c.concurrency > 0 {
+		fmt.Fprintf(w, "at most %d call(s) in flight", c.concurrency)
+	}
+	fmt.Fprintf(w, ", across %d processes", c.workers)
 	if r.interrupted {
 		fmt.Fprintf(w, " (interrupted after %v)", r.span.Round(time.Millisecond))
 	}
@@ -142,22 +157,39 @@ func (r *simResult) report(w io.Writer) int {
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	row("starts", fmt.Sprint(rep.Starts), "")
-	if rep.Starts >= 2 {
+	peak, mean := r.inFlight()
+	if c.concurrency > 0 {
+		row("max calls in flight", fmt.Sprint(peak), fmt.Sprintf("cap %d (from start and finish events)", c.concurrency))
+		row("mean calls in flight", fmt.Sprintf("%.2f", mean), "")
+	}
+	if !rated {
+		// A cap without a rate: no window to check.
+	} else if rep.Starts >= 2 {
 		row("min gap between starts (raw)", fmtDur(rep.MinGap), fmt.Sprintf("interval %v", c.interval))
 	} else {
 		row("min gap between starts (raw)", "-", "fewer than 2 starts")
 	}
-	row(fmt.Sprintf("max starts in any %v (raw)", c.interval), fmt.Sprint(rep.MaxInWindow), fmt.Sprintf("limit %d", c.limit))
-	row("provable violations", fmt.Sprint(rep.Violations), "")
-	row("admitted / capacity", fmt.Sprintf("%d / %.1f", rep.Starts, rep.Ideal),
-		fmt.Sprintf("= %s  (capacity: limit x duration / interval)", ratio(float64(rep.Starts), rep.Ideal)))
-	row("admitted / possible", fmt.Sprintf("%d / %d", rep.Starts, possible),
-		fmt.Sprintf("= %s  (possible: the most a perfect throttle", ratio(float64(rep.Starts), float64(possible))))
-	row("", "", fmt.Sprintf("   could admit of these %d calls)", tot.calls))
-	fmt.Fprintf(w, "\n  Raw figures use the times fn started, after the store's answer reached the\n"+
-		"  worker: on a busy machine they can dip below the interval by that delay.\n"+
-		"  A violation is counted only when the times prove it: %d starts (limit+1)\n"+
-		"  of which the last started less than %v after the first began asking.\n", c.limit+1, c.interval)
+	if rated {
+		possible := r.possible()
+		row(fmt.Sprintf("max starts in any %v (raw)", c.interval), fmt.Sprint(rep.MaxInWindow), fmt.Sprintf("limit %d", c.limit))
+		row("provable violations", fmt.Sprint(rep.Violations), "")
+		row("admitted / capacity", fmt.Sprintf("%d / %.1f", rep.Starts, rep.Ideal),
+			fmt.Sprintf("= %s  (capacity: limit x duration / interval)", ratio(float64(rep.Starts), rep.Ideal)))
+		if c.concurrency == 0 {
+			row("admitted / possible", fmt.Sprintf("%d / %d", rep.Starts, possible),
+				fmt.Sprintf("= %s  (possible: the most a perfect throttle", ratio(float64(rep.Starts), float64(possible))))
+			row("", "", fmt.Sprintf("   could admit of these %d calls)", tot.calls))
+		}
+		fmt.Fprintf(w, "\n  Raw figures use the times fn started, after the store's answer reached the\n"+
+			"  worker: on a busy machine they can dip below the interval by that delay.\n"+
+			"  A violation is counted only when the times prove it: %d starts (limit+1)\n"+
+			"  of which the last started less than %v after the first began asking.\n", c.limit+1, c.interval)
+	}
+	if c.concurrency > 0 {
+		fmt.Fprintf(w, "\n  Calls in flight count each call from its start to its finish event; a lease\n"+
+			"  is taken before the start and released after the finish, so the count is\n"+
+			"  never above the number of leases held.\n")
+	}
 	if tot.errors > 0 {
 		fmt.Fprintf(w, "  %d call(s) failed because the store did not answer in time (fail closed).\n", tot.errors)
 	}
@@ -172,13 +204,84 @@ func (r *simResult) report(w io.Writer) int {
 		status = exitFail
 		fmt.Fprintf(w, "FAIL: the guarantee did not hold: %d group(s) of %d starts provably within less than %v\n",
 			rep.Violations, c.limit+1, c.interval)
+	case c.concurrency > 0 && peak > c.concurrency:
+		status = exitFail
+		fmt.Fprintf(w, "FAIL: the guarantee did not hold: %d calls in flight at once, cap %d\n", peak, c.concurrency)
 	case len(r.failures) > 0:
 		status = exitFail
 		fmt.Fprintf(w, "FAIL: no violation was recorded, but %d worker(s) failed, so the record is incomplete\n", len(r.failures))
 	default:
-		fmt.Fprintf(w, "PASS: the guarantee held: 0 provable violations in %d starts by %d processes\n", rep.Starts, c.workers)
+		if c.concurrency > 0 {
+			fmt.Fprintf(w, "PASS: the guarantee held: at most %d of %d call(s) in flight", peak, c.concurrency)
+			if rated {
+				fmt.Fprint(w, ", 0 provable violations of the rate")
+			}
+			fmt.Fprintf(w, " in %d starts by %d processes\n", rep.Starts, c.workers)
+		} else {
+			fmt.Fprintf(w, "PASS: the guarantee held: 0 provable violations in %d starts by %d processes\n", rep.Starts, c.workers)
+		}
 	}
 	return status
+}
+
+// calls returns each call as [start, finish] in Unix ns: each worker makes
+// one call at a time, so a start pairs with that worker's next finish. A
+// call without a finish counts as running until the end of the record.
+func (r *simResult) calls() [][2]int64 {
+	end := r.begin + int64(r.span)
+	for _, e := range r.recs {
+		end = max(end, e.TUnixNs)
+	}
+	open := make(map[int]int64)
+	var out [][2]int64
+	for _, e := range r.recs {
+		switch e.Event.Event {
+		case simevent.Start:
+			if s, ok := open[e.Worker]; ok {
+				out = append(out, [2]int64{s, end})
+			}
+			open[e.Worker] = e.TUnixNs
+		case simevent.Finish:
+			if s, ok := open[e.Worker]; ok {
+				out = append(out, [2]int64{s, e.TUnixNs})
+				delete(open, e.Worker)
+			}
+		}
+	}
+	for _, s := range open {
+		out = append(out, [2]int64{s, end})
+	}
+	return out
+}
+
+// inFlight returns the most calls in flight at one instant and the mean
+// over the run. At equal times a finish counts before a start.
+func (r *simResult) inFlight() (peak int, mean float64) {
+	type edge struct {
+		t int64
+		d int
+	}
+	var edges []edge
+	var busy int64
+	for _, c := range r.calls() {
+		edges = append(edges, edge{c[0], 1}, edge{c[1], -1})
+		busy += c[1] - c[0]
+	}
+	sort.Slice(edges, func(i, j int) bool {
+		if edges[i].t != edges[j].t {
+			return edges[i].t < edges[j].t
+		}
+		return edges[i].d < edges[j].d
+	})
+	n := 0
+	for _, e := range edges {
+		n += e.d
+		peak = max(peak, n)
+	}
+	if r.span > 0 {
+		mean = float64(busy) / float64(r.span)
+	}
+	return peak, mean
 }
 
 func waitText(s workerStats) string {
@@ -318,6 +421,45 @@ func (r *simResult) ascii(w io.Writer, width int) {
 		}
 	}
 	fmt.Fprintf(w, "%-*s%s\n", label, "all", allRow)
+	if r.cfg.concurrency > 0 {
+		// The most calls in flight within each column.
+		fly := make([]int, cols)
+		type edge struct {
+			t int64
+			d int
+		}
+		var edges []edge
+		for _, c := range r.calls() {
+			edges = append(edges, edge{c[0], 1}, edge{c[1], -1})
+		}
+		sort.Slice(edges, func(i, j int) bool {
+			if edges[i].t != edges[j].t {
+				return edges[i].t < edges[j].t
+			}
+			return edges[i].d < edges[j].d
+		})
+		n, e := 0, 0
+		for i := range cols {
+			colEnd := from + (int64(i)+1)*span/int64(cols)
+			fly[i] = n
+			for ; e < len(edges) && edges[e].t < colEnd; e++ {
+				n += edges[e].d
+				fly[i] = max(fly[i], n)
+			}
+		}
+		flyRow := make([]byte, cols)
+		for i, n := range fly {
+			switch {
+			case n == 0:
+				flyRow[i] = '.'
+			case n <= 9:
+				flyRow[i] = byte('0' + n)
+			default:
+				flyRow[i] = '+'
+			}
+		}
+		fmt.Fprintf(w, "%-*s%s\n", label, "fly", flyRow)
+	}
 	for _, row := range rows {
 		fmt.Fprintln(w, row)
 	}
@@ -340,6 +482,10 @@ func (r *simResult) ascii(w io.Writer, width int) {
 	if r.cfg.wait > 0 {
 		fmt.Fprint(w, "  - waiting for a turn")
 	}
-	fmt.Fprintf(w, "\n(one column = %v; in \"all\", a digit counts the starts in one column)\n",
+	fmt.Fprintf(w, "\n(one column = %v; in \"all\", a digit counts the starts in one column",
 		fmtDur(time.Duration(span/int64(cols))))
+	if r.cfg.concurrency > 0 {
+		fmt.Fprint(w, "; in \"fly\", the most calls in flight")
+	}
+	fmt.Fprintln(w, ")")
 }

@@ -38,25 +38,32 @@ type simConfig struct {
 	workers  int
 	interval time.Duration
 	limit    int
-	duration time.Duration
-	wait     time.Duration
-	apiTime  time.Duration
-	think    time.Duration
-	timeout  time.Duration
-	redisURL string
-	key      string
-	events   string
-	svg      string
-	seed     uint64
-	quiet    bool
-	width    int
+	// concurrency is --concurrency: at most this many calls in flight (0:
+	// no cap); leaseTTL is --lease-ttl.
+	concurrency int
+	leaseTTL    time.Duration
+	duration    time.Duration
+	wait        time.Duration
+	apiTime     time.Duration
+	think       time.Duration
+	timeout     time.Duration
+	redisURL    string
+	key         string
+	events      string
+	svg         string
+	seed        uint64
+	quiet       bool
+	width       int
 }
 
 const simAbout = `Starts W worker processes (this program, re-executed) that share one throttle
 in one Redis: each calls a fake API through throttle.WrapErr at random times,
 for --duration. It prints every start, finish, throttled call and store error
 as it happens, then a timeline and a summary that checks the guarantee: at
-most --limit starts in any window of --interval, across all the workers.
+most --limit starts in any window of --interval, across all the workers, and
+with --concurrency K at most K calls in flight at any instant (a call holds a
+lease from before its start until after its finish). --interval 0 with
+--concurrency is a cap without a rate.
 With no --redis it starts an embedded Redis (miniredis) on a loopback port.
 
 Exit status: 0 the guarantee held, 1 it did not, 2 bad flags or unreachable
@@ -70,6 +77,8 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 	fs.IntVar(&c.workers, "workers", 4, "number of worker processes, each with its own Redis client")
 	fs.DurationVar(&c.interval, "interval", time.Second, "the throttle's interval: at most --limit starts per interval")
 	fs.IntVar(&c.limit, "limit", 1, "starts allowed in any window of the interval")
+	fs.IntVar(&c.concurrency, "concurrency", 0, "at most K calls in flight across the workers (throttle.WithConcurrency); 0: no cap")
+	fs.DurationVar(&c.leaseTTL, "lease-ttl", throttle.DefaultLeaseTTL, "how long a lease outlives a worker that died (throttle.WithLeaseTTL)")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long the workers keep calling")
 	fs.DurationVar(&c.wait, "wait", 0, "wait up to this long for a turn (throttle.WithWait); 0 drops throttled calls")
 	fs.DurationVar(&c.apiTime, "api-time", 1500*time.Millisecond, "mean duration of the fake API call (random, 0.5x to 1.5x); may exceed the interval")
@@ -91,6 +100,14 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 		return c, badUsage(fs, "unexpected argument %q", pos[0])
 	case c.workers < 1 || c.workers > maxWorkers:
 		return c, badUsage(fs, "--workers %d: must be between 1 and %d", c.workers, maxWorkers)
+	case c.concurrency < 0 || c.concurrency > throttle.MaxLimit:
+		return c, badUsage(fs, "--concurrency %d: must be between 0 (no cap) and %d", c.concurrency, throttle.MaxLimit)
+	case c.concurrency > 0 && (c.leaseTTL < throttle.MinLeaseTTL || c.leaseTTL > throttle.MaxInterval):
+		return c, badUsage(fs, "--lease-ttl %v: must be between %v and %v", c.leaseTTL, throttle.MinLeaseTTL, throttle.MaxInterval)
+	case c.concurrency > 0 && c.interval > 0 && c.limit > 64:
+		return c, badUsage(fs, "--limit %d: --concurrency needs a limit of at most 64", c.limit)
+	case c.interval == 0 && c.concurrency > 0:
+		// A cap without a rate.
 	case c.interval < time.Millisecond || c.interval > throttle.MaxInterval:
 		return c, badUsage(fs, "--interval %v: must be between 1ms and %v", c.interval, throttle.MaxInterval)
 	case c.limit < 1 || c.limit > throttle.MaxLimit:
@@ -112,6 +129,9 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 	}
 	if c.think == 0 {
 		c.think = max(c.interval/2, time.Millisecond)
+		if c.interval == 0 {
+			c.think = max(c.apiTime/2, time.Millisecond)
+		}
 	}
 	if c.timeout == 0 {
 		c.timeout = throttle.DefaultTimeout
@@ -187,8 +207,14 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if c.wait > 0 {
 		mode = fmt.Sprintf("throttled calls wait up to %v for a turn", c.wait)
 	}
-	fmt.Fprintf(stdout, "dthrottle sim: %d worker processes share one throttle: key %q, at most %d start(s) per %v\n",
-		c.workers, c.key, c.limit, c.interval)
+	limits := fmt.Sprintf("at most %d start(s) per %v", c.limit, c.interval)
+	switch {
+	case c.concurrency > 0 && c.interval == 0:
+		limits = fmt.Sprintf("at most %d call(s) in flight", c.concurrency)
+	case c.concurrency > 0:
+		limits += fmt.Sprintf(" and %d call(s) in flight", c.concurrency)
+	}
+	fmt.Fprintf(stdout, "dthrottle sim: %d worker processes share one throttle: key %q, %s\n", c.workers, c.key, limits)
 	fmt.Fprintf(stdout, "  store: %s\n", storeDesc)
 	fmt.Fprintf(stdout, "  each worker pauses ~%v (random) between calls; the fake API takes ~%v (random)\n", c.think, c.apiTime)
 	fmt.Fprintf(stdout, "  %s; running for %v; seed %d\n", mode, c.duration, c.seed)
@@ -220,6 +246,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for id := 1; id <= c.workers; id++ {
 		w, err := startWorker(exe, workerConfig{
 			id: id, redisURL: c.redisURL, key: c.key, interval: c.interval, limit: c.limit,
+			concurrency: c.concurrency, leaseTTL: c.leaseTTL,
 			wait: c.wait, apiTime: c.apiTime, think: c.think, timeout: c.timeout, seed: c.seed,
 		}, stderr, msgs)
 		if err != nil {

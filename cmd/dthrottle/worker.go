@@ -43,11 +43,15 @@ type workerConfig struct {
 	key      string
 	interval time.Duration
 	limit    int
-	wait     time.Duration
-	apiTime  time.Duration
-	think    time.Duration
-	timeout  time.Duration
-	seed     uint64
+	// concurrency and leaseTTL are throttle.WithConcurrency's and
+	// WithLeaseTTL's (concurrency 0: no cap).
+	concurrency int
+	leaseTTL    time.Duration
+	wait        time.Duration
+	apiTime     time.Duration
+	think       time.Duration
+	timeout     time.Duration
+	seed        uint64
 }
 
 // args returns the command line of the hidden worker subcommand.
@@ -58,6 +62,8 @@ func (c workerConfig) args() []string {
 		"--key", c.key,
 		"--interval", c.interval.String(),
 		"--limit", strconv.Itoa(c.limit),
+		"--concurrency", strconv.Itoa(c.concurrency),
+		"--lease-ttl", c.leaseTTL.String(),
 		"--wait", c.wait.String(),
 		"--api-time", c.apiTime.String(),
 		"--think", c.think.String(),
@@ -75,6 +81,8 @@ func runWorker(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.StringVar(&c.key, "key", "sim", "throttle key")
 	fs.DurationVar(&c.interval, "interval", time.Second, "interval")
 	fs.IntVar(&c.limit, "limit", 1, "limit")
+	fs.IntVar(&c.concurrency, "concurrency", 0, "concurrency cap (0: none)")
+	fs.DurationVar(&c.leaseTTL, "lease-ttl", throttle.DefaultLeaseTTL, "lease TTL")
 	fs.DurationVar(&c.wait, "wait", 0, "max wait")
 	fs.DurationVar(&c.apiTime, "api-time", 1500*time.Millisecond, "mean API duration")
 	fs.DurationVar(&c.think, "think", time.Second, "mean pause between calls")
@@ -123,6 +131,10 @@ func work(ctx context.Context, c workerConfig, stdin io.Reader, stdout io.Writer
 	}
 	if c.wait > 0 {
 		opts = append(opts, throttle.WithWait(c.wait))
+	}
+	if c.concurrency > 0 {
+		// fn holds a lease from its start event to its finish event.
+		opts = append(opts, throttle.WithConcurrency(c.concurrency), throttle.WithLeaseTTL(c.leaseTTL))
 	}
 	callAPI := throttle.WrapErr(c.key, c.interval, func(ctx context.Context) (struct{}, error) {
 		started := time.Now().UnixNano() // first thing once admitted
