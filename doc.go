@@ -53,6 +53,18 @@
 // the first two. A Store that wraps another must implement them too, or the
 // methods that need them return an error.
 //
+// # Rate and concurrency together
+//
+// WithConcurrency(k) also caps the calls in flight: at most k executions of
+// fn run at once across every process that shares the store. Each call
+// holds a lease (a Lease, from Acquire, or inside Wrap, WrapErr and
+// WrapKeyed) from before fn starts until it returns or panics. With a rate
+// too, the start and the lease are decided in one atomic store step. A lease
+// is renewed while fn runs (every third of WithLeaseTTL, default 10 s) and
+// freed at once by its release; a process that dies frees its leases one
+// TTL after its last renewal, never before, on the store's clock. An
+// interval of 0 means a cap without a rate.
+//
 // # Holds and outbound HTTP
 //
 // Hold stops every process that shares the key for a while, as an API's

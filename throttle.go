@@ -59,9 +59,11 @@ type Throttle struct {
 // key, interval and limit, and a WithStore(NewRedisStore(...)), to limit
 // them all together.
 //
-// New returns an error for an empty key, an interval below 1 ms or above
-// MaxInterval, a limit below 1 or above MaxLimit, a nil store, or a negative
-// wait or timeout.
+// New returns an error for an empty key, an interval below 1 ms (0 is
+// allowed with WithConcurrency: a cap without a rate) or above MaxInterval,
+// a limit below 1 or above MaxLimit (above 64 with WithConcurrency), a nil
+// store, a negative wait or timeout, a concurrency below 1, or a lease TTL
+// that is negative or below MinLeaseTTL.
 func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) {
 	if key == "" {
 		return nil, errEmptyKey
