@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -16,7 +17,7 @@ import (
 
 // Benchmarks of the library's own hot paths. The Redis ones compare an
 // allowed decision with the floor: a bare SET NX PX on the same client.
-// Run with: go test -run '^$' -bench . -benchmem -count 5
+// Run with: go test -run '^$' -bench 'Redis|MemoryStore|DenyCache|AllowOverhead' -benchmem -count 6
 
 func BenchmarkMemoryStore(b *testing.B) {
 	ctx := context.Background()
@@ -74,72 +75,237 @@ func BenchmarkDenyCache(b *testing.B) {
 	})
 }
 
-// BenchmarkRedis measures allowed decisions (a fresh key per call) and
-// denied ones against a redis-server it starts, next to the floor.
+// BenchmarkRedis measures allowed decisions through the public API, as a
+// user makes them (Keyed.Allow with a key per call, and Throttle.Allow on a
+// Throttle made beforehand for each key), against a redis-server it
+// starts, next to the floor: a bare SET key 1 NX PX interval (go-redis
+// SetNX) on the same client and the same keys. The interval is 1 ms and
+// every key comes back long after it, so every call is admitted (a denial
+// fails the benchmark); "serial" cycles one goroutine through
+// serialKeys keys, "parallel64" runs 64 goroutines with 1024 keys each.
+//
+// Limits 1 and 10 take one SET NX PX on a slot key; limit 100 runs
+// window.lua. The script rows give the cost of Lua itself: a script that
+// makes no redis.call, one (a SET NX PX), and three (as window.lua makes).
+// The denied rows ask Redis on every call (deny cache off) on a key whose
+// hour is used up.
 func BenchmarkRedis(b *testing.B) {
 	srv := redistest.Start(b)
 	c := srv.Client(b) // with ContextTimeoutEnabled
 	plain := srv.Client(b, func(o *redis.Options) { o.ContextTimeoutEnabled = false })
-	ctx := context.Background()
-	s := NewRedisStore(c)
-	sPlain := NewRedisStore(plain)
-	var seq atomic.Int64
-	key := func() string { return "bench:" + strconv.FormatInt(seq.Add(1), 36) }
-	cases := []struct {
-		name string
-		op   func() error
-	}{
-		{"floor/SETNX", func() error { return c.SetNX(ctx, key(), "1", time.Minute).Err() }},
-		{"allowed/limit1", func() error {
-			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 1})
-			return err
-		}},
+	cases := []benchCase{
+		floorCase(c),
+		keyedCase(b, "keyed/limit1", c, 1),
+		keyedCase(b, "keyed/limit10", c, 10),
+		keyedCase(b, "keyed/limit100", c, 100),
+		throttleCase(b, "throttle/limit1", c, 1),
+		throttleCase(b, "throttle/limit10", c, 10),
+		throttleCase(b, "throttle/limit100", c, 100),
 		// A client without ContextTimeoutEnabled: each decision runs in a
 		// goroutine that the caller can leave at the timeout.
-		{"allowed/limit1/noctxtimeout", func() error {
-			_, err := sPlain.Take(ctx, key(), Request{Interval: time.Minute, Limit: 1})
-			return err
-		}},
-		{"allowed/limit10", func() error {
-			_, err := s.Take(ctx, key(), Request{Interval: time.Minute, Limit: 10})
-			return err
-		}},
-		// The cost of Lua itself, for comparison with the floor and with
-		// allowed/limit10 (take.lua makes 4 redis.calls on a fresh key).
-		{"script/return1", func() error { return benchReturn1.Run(ctx, c, []string{key()}).Err() }},
-		{"script/1call", func() error { return benchOneCall.Run(ctx, c, []string{key()}, 60000).Err() }},
-		{"script/3calls", func() error { return benchThreeCalls.Run(ctx, c, []string{key()}, 60000).Err() }},
-		// N = 10 keys taken with SET NX PX, and the count of the taken ones
-		// that Remaining would need.
-		{"script/1call+exists10", func() error {
-			return benchExists10.Run(ctx, c, []string{"{" + key() + "}:3"}, 60000).Err()
-		}},
-		{"denied/limit1/nocache", denied(b, c, 1)},
-		{"denied/limit10/nocache", denied(b, c, 10)},
+		keyedCase(b, "keyed/limit1/noctxtimeout", plain, 1),
+		scriptCase("script/return1", c, benchReturn1),
+		scriptCase("script/1call", c, benchOneCall),
+		scriptCase("script/3calls", c, benchThreeCalls),
+		denied(b, "denied/limit1/nocache", c, 1),
+		denied(b, "denied/limit10/nocache", c, 10),
+		denied(b, "denied/limit100/nocache", c, 100),
 	}
+	runCases(b, cases, true)
+}
+
+// BenchmarkAllowOverhead measures what Keyed.Allow and Throttle.Allow cost
+// on top of the command they send, without the network: the client's hook
+// answers every command itself (SET NX: set), so the rows differ from the
+// floor (SetNX through the same hook) only by this package's own work.
+// Serial only: without a network a goroutine of RunParallel can cycle
+// through its keys within the 1 ms that limit 1's deny cache closes each
+// key for, and be denied.
+func BenchmarkAllowOverhead(b *testing.B) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
+	b.Cleanup(func() { _ = c.Close() })
+	c.AddHook(answerSetNX{})
+	runCases(b, []benchCase{
+		floorCase(c),
+		keyedCase(b, "keyed/limit1", c, 1),
+		keyedCase(b, "keyed/limit10", c, 10),
+		throttleCase(b, "throttle/limit1", c, 1),
+		throttleCase(b, "throttle/limit10", c, 10),
+	}, false)
+}
+
+// answerSetNX is a go-redis hook that answers SET ... NX with "set" and
+// sends nothing.
+type answerSetNX struct{}
+
+func (answerSetNX) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (answerSetNX) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (answerSetNX) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if bc, ok := cmd.(*redis.BoolCmd); ok {
+			bc.SetVal(true)
+			return nil
+		}
+		return next(ctx, cmd)
+	}
+}
+
+const (
+	benchInterval = time.Millisecond
+	serialKeys    = 1 << 14 // a key comes back after 16k calls: > 1 ms even without a network
+	parallelKeys  = 1 << 10 // per goroutine, 64 goroutines
+	goroutines    = 64
+)
+
+// benchCase is one row. bind returns the decision on the i-th of keys;
+// admit says whether every call must be admitted (false: denied, for the
+// denied rows; the floor and the scripts are not checked).
+type benchCase struct {
+	name  string
+	bind  func(keys []string) func(ctx context.Context, i int) (ok bool, err error)
+	check bool
+	admit bool
+	hot   bool // one key for every call and goroutine
+}
+
+func floorCase(c *redis.Client) benchCase {
+	return benchCase{name: "floor/SETNX", bind: func(keys []string) func(context.Context, int) (bool, error) {
+		return func(ctx context.Context, i int) (bool, error) {
+			return c.SetNX(ctx, keys[i], "1", benchInterval).Result()
+		}
+	}}
+}
+
+func keyedCase(b *testing.B, name string, c redis.UniversalClient, limit int) benchCase {
+	k, err := NewKeyed(benchInterval, WithStore(NewRedisStore(c)), WithLimit(limit))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return benchCase{name: name, check: true, admit: true, bind: func(keys []string) func(context.Context, int) (bool, error) {
+		return func(ctx context.Context, i int) (bool, error) {
+			d, err := k.Allow(ctx, keys[i])
+			return d.Allowed, err
+		}
+	}}
+}
+
+func throttleCase(b *testing.B, name string, c redis.UniversalClient, limit int) benchCase {
+	store := NewRedisStore(c)
+	return benchCase{name: name, check: true, admit: true, bind: func(keys []string) func(context.Context, int) (bool, error) {
+		ths := make([]*Throttle, len(keys))
+		for i, key := range keys {
+			var err error
+			if ths[i], err = New(key, benchInterval, WithStore(store), WithLimit(limit)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return func(ctx context.Context, i int) (bool, error) {
+			d, err := ths[i].Allow(ctx)
+			return d.Allowed, err
+		}
+	}}
+}
+
+func scriptCase(name string, c redis.UniversalClient, script *redis.Script) benchCase {
+	return benchCase{name: name, bind: func(keys []string) func(context.Context, int) (bool, error) {
+		return func(ctx context.Context, i int) (bool, error) {
+			return true, script.Run(ctx, c, []string{keys[i]}, millis(benchInterval)).Err()
+		}
+	}}
+}
+
+// runCases runs each case serially (b.Loop, serialKeys keys) and, with
+// parallel, with 64 goroutines (RunParallel, parallelKeys keys each, or one
+// shared key).
+func runCases(b *testing.B, cases []benchCase, parallel bool) {
 	for _, bc := range cases {
+		prefix := "bench:" + bc.name + ":"
+		var serial func(context.Context, int) (bool, error)
 		b.Run(bc.name, func(b *testing.B) {
+			keys := benchKeys(prefix+"s:", serialKeys)
+			if bc.hot {
+				keys = keys[:1]
+			}
+			if serial == nil {
+				serial = bc.bind(keys)
+			}
+			ctx := context.Background()
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
-				if err := bc.op(); err != nil {
+				ok, err := serial(ctx, i)
+				if err := bc.verdict(ok, err); err != nil {
 					b.Fatal(err)
+				}
+				if i++; i == len(keys) {
+					i = 0
 				}
 			}
 		})
+		if !parallel {
+			continue
+		}
+		var par [][]string
+		var ops []func(context.Context, int) (bool, error)
 		b.Run(bc.name+"/parallel64", func(b *testing.B) {
+			if ops == nil {
+				if bc.hot {
+					par = [][]string{{prefix + "s:0"}}
+					op := serial
+					if op == nil {
+						op = bc.bind(par[0])
+					}
+					ops = []func(context.Context, int) (bool, error){op}
+				} else {
+					for g := range goroutines {
+						ks := benchKeys(prefix+strconv.Itoa(g)+":", parallelKeys)
+						par = append(par, ks)
+						ops = append(ops, bc.bind(ks))
+					}
+				}
+			}
+			ctx := context.Background()
+			var next atomic.Int64
 			b.ReportAllocs()
-			b.SetParallelism(max(1, 64/runtimeProcs()))
+			b.SetParallelism(max(1, goroutines/runtimeProcs()))
+			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
+				g := int(next.Add(1)-1) % len(ops)
+				op, n := ops[g], len(par[g])
+				i := 0
 				for pb.Next() {
-					if err := bc.op(); err != nil {
+					ok, err := op(ctx, i)
+					if err := bc.verdict(ok, err); err != nil {
 						b.Error(err)
 						return
+					}
+					if i++; i == n {
+						i = 0
 					}
 				}
 			})
 		})
 	}
-	b.Cleanup(func() { c.FlushAll(context.Background()) }) // the server is the benchmark's own
+}
+
+func (bc benchCase) verdict(ok bool, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case bc.check && ok != bc.admit:
+		return fmt.Errorf("%s: allowed %v, want %v", bc.name, ok, bc.admit)
+	}
+	return nil
+}
+
+func benchKeys(prefix string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = prefix + strconv.Itoa(i)
+	}
+	return keys
 }
 
 // Scripts that measure what Lua costs: none, one and three redis.calls.
@@ -149,31 +315,27 @@ var (
 	benchThreeCalls = redis.NewScript(`local t = redis.call('TIME')
 redis.call('RPUSH', KEYS[1], t[1] .. t[2])
 return redis.call('PEXPIRE', KEYS[1], ARGV[1])`)
-	benchExists10 = redis.NewScript(`local ok = redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1])
-local b = string.sub(KEYS[1], 1, -2)
-return redis.call('EXISTS', b..'0', b..'1', b..'2', b..'3', b..'4', b..'5', b..'6', b..'7', b..'8', b..'9')`)
 )
 
-// denied returns a decision on a key that is closed for an hour, through a
-// Throttle with the deny cache off, so every call asks Redis.
-func denied(b *testing.B, c redis.UniversalClient, limit int) func() error {
+// denied returns a case of decisions on a key that is closed for an hour,
+// through a Throttle with the deny cache off, so every call asks Redis.
+func denied(b *testing.B, name string, c redis.UniversalClient, limit int) benchCase {
 	th, err := New("bench:denied:"+strconv.Itoa(limit), time.Hour, WithStore(NewRedisStore(c)),
 		WithLimit(limit), WithDenyCache(false))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for range limit {
-		if _, err := th.Allow(context.Background()); err != nil {
-			b.Fatal(err)
+		if d, err := th.Allow(context.Background()); err != nil || !d.Allowed {
+			b.Fatalf("%s: filling the hour: allowed %v, err %v", name, d.Allowed, err)
 		}
 	}
-	return func() error {
-		d, err := th.Allow(context.Background())
-		if err == nil && d.Allowed {
-			b.Fatal("admitted")
+	return benchCase{name: name, check: true, admit: false, hot: true, bind: func([]string) func(context.Context, int) (bool, error) {
+		return func(ctx context.Context, _ int) (bool, error) {
+			d, err := th.Allow(ctx)
+			return d.Allowed, err
 		}
-		return err
-	}
+	}}
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

@@ -263,6 +263,8 @@ func TestAccuracy(t *testing.T) {
 	}{
 		{"1 per 50ms", Limit{N: 1, Interval: 50 * time.Millisecond}},
 		{"10 per 1s", Limit{N: 10, Interval: time.Second}},
+		// Above 64 ours keeps counts per time bucket (the window script).
+		{"100 per 1s", Limit{N: 100, Interval: time.Second}},
 	}
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)

@@ -13,6 +13,9 @@
 //	go run ./cmd/ratios bench.txt
 //	go test -run TestAccuracy -v   # admissions under contention, per library
 //
-// One file per library holds its constructor (dthrottle.go for ours,
-// peer_*.go for the others); scenario_bench_test.go has the workloads.
+// Ours is measured through its public API only: Keyed.Allow(ctx, key) on
+// one Keyed per workload, and Throttle.Allow on a Throttle made beforehand
+// for each key. One file per library holds its constructor (dthrottle.go
+// for ours, peer_*.go for the others); scenario_bench_test.go has the
+// workloads.
 package benchmarks

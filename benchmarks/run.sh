@@ -7,15 +7,15 @@
 # Usage: benchmarks/run.sh [-count N] [-bench RE] [-benchtime T] [-o FILE] [-md] [-no-accuracy]
 #   -count N       runs of each benchmark (default 6; env COUNT)
 #   -bench RE      benchmarks to run (default .; env BENCH)
-#   -benchtime T   go test -benchtime (default 1s; env BENCHTIME)
+#   -benchtime T   go test -benchtime (default 0.5s; env BENCHTIME; 6 runs take about 8 minutes)
 #   -o FILE        raw go test output (default: a new file under ${TMPDIR:-/tmp})
 #   -md            print the tables as Markdown (for the README)
-#   -no-accuracy   skip the accuracy comparison (TestAccuracy, about 20 s)
+#   -no-accuracy   skip the accuracy comparison (TestAccuracy, about 30 s)
 set -euo pipefail
 
 count=${COUNT:-6}
 bench=${BENCH:-.}
-benchtime=${BENCHTIME:-1s}
+benchtime=${BENCHTIME:-0.5s}
 out=""
 md=""
 accuracy=1

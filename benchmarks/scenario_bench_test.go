@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,141 +17,284 @@ import (
 )
 
 // The workloads, each on a redis-server of its own, with one b.Run per
-// library and, under it, "serial" (for b.Loop) and "parallel64" (64
-// goroutines with RunParallel). Every group holds the floor: a bare
-// SET NX PX on a fresh key, on the same go-redis client as the libraries.
+// library and, under it, one per mode:
 //
-// Library names: floor; ours as dthrottle (Store.Take, as the root module's
-// benchmarks measure it), dthrottle-allow (throttle.New plus Allow for each
-// key: the whole public path), dthrottle-nocache and dthrottle (a Throttle
-// on the hot key with the deny cache off and on); the peers as redis_rate,
-// throttled and ulule. cmd/ratios reads these names.
+//   - serial: one goroutine (b.Loop) cycling through 1024 keys of its own;
+//   - parallel64: 64 goroutines (RunParallel), each cycling through 1024
+//     keys of its own;
+//   - hotkey64: 64 goroutines on one key.
+//
+// In the Allowed workloads the limits are such that every call of every
+// library must be admitted (a key comes back long after its interval, or
+// far below its limit), and a denial fails the benchmark. In the Denied
+// workloads every call is on one key whose limit is used up, and an
+// admission fails the benchmark.
+//
+// Libraries, all on the same go-redis client and the same key schedule:
+//
+//   - floor: a bare SET key 1 NX PX interval (go-redis SetNX) on each key;
+//     its answer is not checked (on a hot key it is "not set");
+//   - dthrottle: one throttle.Keyed per workload, Keyed.Allow(ctx, key),
+//     default options;
+//   - dthrottle-throttle: a *throttle.Throttle made beforehand for each key,
+//     Throttle.Allow(ctx);
+//   - dthrottle-nocache (Denied workloads): a Keyed with
+//     throttle.WithDenyCache(false), so every call asks Redis;
+//   - redis_rate, throttled, ulule: the peers, keyed per call.
+//
+// Within one run of a workload benchmark the libraries follow one another,
+// so with -count N they alternate N times. cmd/ratios reads these names.
 //
 // Run with ./run.sh, or: go test -run '^$' -bench . -benchmem -count 6
 
-// BenchmarkAllowed1PerMinute: an allowed decision, limit 1 per minute, on a
-// fresh key each op.
-func BenchmarkAllowed1PerMinute(b *testing.B) {
-	benchAllowed(b, Limit{N: 1, Interval: time.Minute})
+// BenchmarkAllowed1Per1ms: allowed decisions, limit 1 per millisecond.
+func BenchmarkAllowed1Per1ms(b *testing.B) {
+	benchAllowed(b, Limit{N: 1, Interval: time.Millisecond}, false)
 }
 
-// BenchmarkAllowed10PerSecond: an allowed decision, limit 10 per second,
-// on a fresh key each op.
-func BenchmarkAllowed10PerSecond(b *testing.B) {
-	benchAllowed(b, Limit{N: 10, Interval: time.Second})
+// BenchmarkAllowed10Per1ms: allowed decisions, limit 10 per millisecond
+// (ours: 10 slot keys).
+func BenchmarkAllowed10Per1ms(b *testing.B) {
+	benchAllowed(b, Limit{N: 10, Interval: time.Millisecond}, false)
 }
 
-// BenchmarkDeniedHotKey1PerHour: a denied decision on one key whose only
+// BenchmarkAllowed1e6PerSecond: allowed decisions, limit 1,000,000 per
+// second (ours: the window script), also with 64 goroutines on one key.
+func BenchmarkAllowed1e6PerSecond(b *testing.B) {
+	benchAllowed(b, Limit{N: 1_000_000, Interval: time.Second}, true)
+}
+
+// BenchmarkDeniedHotKey1PerHour: denied decisions on one key whose only
 // start of the hour is taken.
 func BenchmarkDeniedHotKey1PerHour(b *testing.B) {
 	benchDenied(b, Limit{N: 1, Interval: time.Hour})
 }
 
-// BenchmarkDeniedHotKey10PerHour: a denied decision on one key whose ten
+// BenchmarkDeniedHotKey10PerHour: denied decisions on one key whose ten
 // starts of the hour are taken.
 func BenchmarkDeniedHotKey10PerHour(b *testing.B) {
 	benchDenied(b, Limit{N: 10, Interval: time.Hour})
 }
 
-// lib is one library's decision in a workload. op fails when the decision
-// is not the workload's (a fresh key denied, a hot key admitted).
+const (
+	goroutines       = 64   // of the parallel64 and hotkey64 modes
+	keysPerGoroutine = 1024 // keys each goroutine cycles through
+)
+
+// A decider decides calls on a list of keys fixed when it was made:
+// decide(ctx, i) decides one call on the i-th key.
+type decider func(ctx context.Context, i int) (bool, error)
+
+// lib is one library in a workload: bind returns its decider for keys.
 type lib struct {
 	name string
-	op   func(ctx context.Context) error
+	bind func(keys []string) decider
 }
 
-var seq atomic.Int64
+// want is the decision every call of a workload must get.
+type want int
 
-// freshKey returns a key no library has seen in this process.
-func freshKey() string { return "bench:" + strconv.FormatInt(seq.Add(1), 36) }
+const (
+	wantAny want = iota // the floor: SET NX answers either way
+	wantAdmit
+	wantDeny
+)
 
-func floor(c *redis.Client) lib {
-	return lib{"floor", func(ctx context.Context) error {
-		return c.SetNX(ctx, freshKey(), "1", time.Minute).Err()
-	}}
-}
-
-// allowedOn makes a lib that decides a fresh key each op with l.
-func allowedOn(name string, l Limiter) lib {
-	return lib{name, func(ctx context.Context) error {
-		ok, err := l.Allow(ctx, freshKey())
-		if err == nil && !ok {
-			err = fmt.Errorf("%s denied a fresh key", name)
-		}
-		return err
-	}}
-}
-
-// deniedOn makes a lib that decides on one hot key, after taking every
-// start it allows.
-func deniedOn(b *testing.B, name string, l Limit, allow Allower) lib {
-	ctx := context.Background()
-	for i := range l.N {
-		if ok, err := allow(ctx); err != nil || !ok {
-			b.Fatalf("%s: call %d on the hot key: allowed %v, err %v", name, i+1, ok, err)
-		}
+// check returns what fails the benchmark for one call's outcome: a decision
+// other than w, or an error of ours or of the floor. It reports a peer's
+// error (throttled gives up a compare-and-swap after 10 attempts on a hot
+// key) as counted, not fatal: such runs report it as errors/op.
+func (w want) check(name string, ok bool, err error) (counted bool, fatal error) {
+	switch {
+	case err != nil && isPeer(name):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("%s: %w", name, err)
+	case w == wantAdmit && !ok:
+		return false, fmt.Errorf("%s denied a call that its limit admits", name)
+	case w == wantDeny && ok:
+		return false, fmt.Errorf("%s admitted a call on a key whose limit is used up", name)
 	}
-	return lib{name, func(ctx context.Context) error {
-		ok, err := allow(ctx)
-		if err == nil && ok {
-			err = fmt.Errorf("%s admitted a call on the hot key", name)
+	return false, nil
+}
+
+func isPeer(name string) bool { return name != "floor" && !strings.HasPrefix(name, "dthrottle") }
+
+// reportErrors reports a peer's errors per op, when there were any.
+func reportErrors(b *testing.B, errs int64) {
+	if errs > 0 {
+		b.ReportMetric(float64(errs)/float64(b.N), "errors/op")
+	}
+}
+
+// keys returns the keys of one goroutine (g) of lib: distinct per library,
+// so that no two libraries share a key in Redis.
+func keys(lib, g string, n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = lib + ":" + g + ":" + strconv.Itoa(i)
+	}
+	return ks
+}
+
+// floorLib is a SET key 1 NX PX interval per call, on c.
+func floorLib(c *redis.Client, l Limit) lib {
+	return lib{"floor", func(keys []string) decider {
+		return func(ctx context.Context, i int) (bool, error) {
+			return c.SetNX(ctx, keys[i], "1", l.Interval).Result()
 		}
-		return err
 	}}
 }
 
-func benchAllowed(b *testing.B, l Limit) {
+// limiterLib decides each call with l.Allow(ctx, key).
+func limiterLib(name string, l Limiter) lib {
+	return lib{name, func(keys []string) decider {
+		return func(ctx context.Context, i int) (bool, error) { return l.Allow(ctx, keys[i]) }
+	}}
+}
+
+// throttleLib makes a *throttle.Throttle for each key beforehand and decides
+// each call with its Allow.
+func throttleLib(c *redis.Client, l Limit) lib {
+	return lib{"dthrottle-throttle", func(keys []string) decider {
+		ths := make([]*throttle.Throttle, len(keys))
+		for i, k := range keys {
+			ths[i] = must(NewDthrottle(c, k, l))
+		}
+		return func(ctx context.Context, i int) (bool, error) {
+			d, err := ths[i].Allow(ctx)
+			return d.Allowed, err
+		}
+	}}
+}
+
+func benchAllowed(b *testing.B, l Limit, hot bool) {
 	c := server.Start(b).Client(b)
 	libs := []lib{
-		floor(c),
-		allowedOn("dthrottle", NewDthrottleStore(c, l)),
-		allowedOn("dthrottle-allow", NewDthrottlePerKey(c, l)),
-		allowedOn("redis_rate", NewRedisRate(c, l)),
-		allowedOn("throttled", must(NewThrottled(c, l))),
-		allowedOn("ulule", must(NewUlule(c, l))),
+		floorLib(c, l),
+		limiterLib("dthrottle", KeyedLimiter(must(NewDthrottleKeyed(c, l)))),
+		throttleLib(c, l),
+		limiterLib("redis_rate", NewRedisRate(c, l)),
+		limiterLib("throttled", must(NewThrottled(c, l))),
+		limiterLib("ulule", must(NewUlule(c, l))),
 	}
-	run(b, libs)
+	for _, lb := range libs {
+		w := wantAdmit
+		if lb.name == "floor" {
+			w = wantAny
+		}
+		b.Run(lb.name, func(b *testing.B) {
+			b.Run("serial", serial(lb, w, keys(lb.name, "s", keysPerGoroutine)))
+			sets := make([][]string, goroutines)
+			for g := range sets {
+				sets[g] = keys(lb.name, strconv.Itoa(g), keysPerGoroutine)
+			}
+			b.Run("parallel64", parallel(lb, w, sets, false))
+			if hot {
+				b.Run("hotkey64", parallel(lb, w, [][]string{{lb.name + ":hot"}}, true))
+			}
+		})
+	}
 }
 
 func benchDenied(b *testing.B, l Limit) {
 	c := server.Start(b).Client(b)
-	const key = "hot"
 	libs := []lib{
-		floor(c),
-		deniedOn(b, "dthrottle-nocache", l, DthrottleAllower(must(NewDthrottle(c, key+":nocache", l, throttle.WithDenyCache(false))))),
-		deniedOn(b, "dthrottle", l, DthrottleAllower(must(NewDthrottle(c, key+":cache", l)))),
-		deniedOn(b, "redis_rate", l, Bind(NewRedisRate(c, l), key)),
-		deniedOn(b, "throttled", l, Bind(must(NewThrottled(c, l)), key)),
-		deniedOn(b, "ulule", l, Bind(must(NewUlule(c, l)), key)),
+		floorLib(c, l),
+		limiterLib("dthrottle", KeyedLimiter(must(NewDthrottleKeyed(c, l)))),
+		throttleLib(c, l),
+		limiterLib("dthrottle-nocache", KeyedLimiter(must(NewDthrottleKeyed(c, l, throttle.WithDenyCache(false))))),
+		limiterLib("redis_rate", NewRedisRate(c, l)),
+		limiterLib("throttled", must(NewThrottled(c, l))),
+		limiterLib("ulule", must(NewUlule(c, l))),
 	}
-	run(b, libs)
+	ctx := context.Background()
+	for _, lb := range libs {
+		// One decider on the hot key, shared by both modes and every
+		// goroutine, after the limit's starts are taken.
+		d := lb.bind([]string{lb.name + ":hot"})
+		for i := range l.N {
+			if ok, err := d(ctx, 0); err != nil || (!ok && lb.name != "floor") {
+				b.Fatalf("%s: call %d on the hot key: allowed %v, err %v", lb.name, i+1, ok, err)
+			}
+		}
+		bound := lib{lb.name, func([]string) decider { return d }}
+		w := wantDeny
+		if lb.name == "floor" {
+			w = wantAny
+		}
+		b.Run(lb.name, func(b *testing.B) {
+			b.Run("serial", serial(bound, w, []string{lb.name + ":hot"}))
+			b.Run("parallel64", parallel(bound, w, [][]string{{lb.name + ":hot"}}, true))
+		})
+	}
 }
 
-func run(b *testing.B, libs []lib) {
-	ctx := context.Background()
-	for _, l := range libs {
-		b.Run(l.name, func(b *testing.B) {
-			b.Run("serial", func(b *testing.B) {
-				b.ReportAllocs()
-				for b.Loop() {
-					if err := l.op(ctx); err != nil {
-						b.Fatal(err)
-					}
+// serial returns a benchmark of one goroutine cycling through keys.
+func serial(lb lib, w want, keys []string) func(*testing.B) {
+	var d decider // made once, at the first of the calls with growing b.N
+	return func(b *testing.B) {
+		if d == nil {
+			d = lb.bind(keys)
+		}
+		ctx := context.Background()
+		b.ReportAllocs()
+		var errs int64
+		i := 0
+		for b.Loop() {
+			ok, err := d(ctx, i)
+			if counted, err := w.check(lb.name, ok, err); err != nil {
+				b.Fatal(err)
+			} else if counted {
+				errs++
+			}
+			if i++; i == len(keys) {
+				i = 0
+			}
+		}
+		reportErrors(b, errs)
+	}
+}
+
+// parallel returns a benchmark of 64 goroutines (RunParallel with
+// SetParallelism), goroutine g cycling through sets[g % len(sets)]. With
+// shared, every goroutine uses one decider made for sets[0], as goroutines
+// of one process share one Throttle or Keyed for a hot key.
+func parallel(lb lib, w want, sets [][]string, shared bool) func(*testing.B) {
+	var ds []decider
+	return func(b *testing.B) {
+		if ds == nil {
+			if shared {
+				ds = []decider{lb.bind(sets[0])}
+			} else {
+				for _, ks := range sets {
+					ds = append(ds, lb.bind(ks))
 				}
-			})
-			b.Run("parallel64", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						if err := l.op(ctx); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			})
+			}
+		}
+		ctx := context.Background()
+		var next, errs atomic.Int64
+		b.ReportAllocs()
+		b.SetParallelism(max(1, goroutines/runtime.GOMAXPROCS(0)))
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			g := int(next.Add(1)-1) % len(sets)
+			d, n := ds[g%len(ds)], len(sets[g])
+			i := 0
+			for pb.Next() {
+				ok, err := d(ctx, i)
+				if counted, err := w.check(lb.name, ok, err); err != nil {
+					b.Error(err)
+					return
+				} else if counted {
+					errs.Add(1)
+				}
+				if i++; i == n {
+					i = 0
+				}
+			}
 		})
+		reportErrors(b, errs.Load())
 	}
 }
 

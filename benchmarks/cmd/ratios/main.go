@@ -10,7 +10,12 @@
 // Benchmark<Workload>/<library>/<mode> (an optional -GOMAXPROCS suffix is
 // ignored). A library is ours when its name is the -ours name or starts
 // with it and a dash; the floor is the -floor library; every other library
-// is a peer. A ratio below 1 means ours is faster.
+// is a peer. A ratio below 1 means ours is faster. Next to the ratio to the
+// floor it prints the range of that ratio within each run (the n-th result
+// of ours against the n-th of the floor, which ran minutes apart at most),
+// and the differences of the medians in time and allocations; last, the
+// floor of every run, to spot a run that something else on the machine
+// disturbed. An errors/op metric (a peer's failures) is shown in brackets.
 package main
 
 import (
@@ -63,9 +68,10 @@ func fatal(err error) {
 // group is one workload in one mode, e.g. Allowed1PerMinute parallel64.
 type group struct{ workload, mode string }
 
-// sample is what one library measured in one group, one value per run.
+// sample is what one library measured in one group, one value per run, in
+// the order of the runs.
 type sample struct {
-	ns, allocs []float64
+	ns, allocs, errs []float64
 }
 
 type results struct {
@@ -76,6 +82,7 @@ type results struct {
 
 var line = regexp.MustCompile(`^Benchmark(\S+)\s+\d+\s+([0-9.e+]+) ns/op(.*)$`)
 var allocs = regexp.MustCompile(`([0-9.e+]+) allocs/op`)
+var errsRE = regexp.MustCompile(`([0-9.e+-]+) errors/op`)
 var procs = regexp.MustCompile(`-\d+$`)
 
 func parse(r io.Reader) (*results, error) {
@@ -115,6 +122,11 @@ func parse(r io.Reader) (*results, error) {
 				s.allocs = append(s.allocs, v)
 			}
 		}
+		e := 0.0
+		if m := errsRE.FindStringSubmatch(m[3]); m != nil {
+			e, _ = strconv.ParseFloat(m[1], 64)
+		}
+		s.errs = append(s.errs, e)
 	}
 	return res, sc.Err()
 }
@@ -170,12 +182,15 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 			if len(s.allocs) > 0 {
 				cell += fmt.Sprintf(" (%g)", median(s.allocs))
 			}
+			if e := median(s.errs); e > 0 {
+				cell += fmt.Sprintf(" [%.2f err/op]", e)
+			}
 			row = append(row, cell)
 		}
 		medians = append(medians, row)
 	}
 
-	head := []string{"workload", "mode", "ours", "/" + floor}
+	head := []string{"workload", "mode", "ours", "/" + floor, "/" + floor + " per run", "−" + floor + " ns", "−" + floor + " allocs"}
 	for _, p := range peers {
 		head = append(head, "/"+p)
 	}
@@ -188,7 +203,13 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 			}
 			mo := median(so.ns)
 			row := []string{g.workload, g.mode, o}
-			for _, other := range append([]string{floor}, peers...) {
+			if sf := res.data[g][floor]; sf != nil && median(sf.ns) > 0 {
+				row = append(row, formatRatio(mo/median(sf.ns)), perRun(so.ns, sf.ns),
+					formatDelta(mo-median(sf.ns)), fmt.Sprintf("%+g", median(so.allocs)-median(sf.allocs)))
+			} else {
+				row = append(row, "-", "-", "-", "-")
+			}
+			for _, other := range peers {
 				if s := res.data[g][other]; s != nil && median(s.ns) > 0 {
 					row = append(row, formatRatio(mo/median(s.ns)))
 				} else {
@@ -203,8 +224,69 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 	if err := table(w, medians, md); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "\nRatios of medians, ours / other (below 1: ours is faster)\n\n")
-	return table(w, ratios, md)
+	fmt.Fprintf(w, "\nRatios of medians, ours / other (below 1: ours is faster); per run: the range of\n"+
+		"ours / %[1]s within each run; −%[1]s: difference of the medians\n\n", floor)
+	if err := table(w, ratios, md); err != nil {
+		return err
+	}
+
+	// The floor of every run, to spot a run that something disturbed.
+	maxRuns := 0
+	if len(counts) > 0 {
+		maxRuns = counts[len(counts)-1]
+	}
+	fl := [][]string{{"workload", "mode"}}
+	for i := range maxRuns {
+		fl[0] = append(fl[0], "run "+strconv.Itoa(i+1))
+	}
+	for _, g := range res.groups {
+		s := res.data[g][floor]
+		if s == nil {
+			continue
+		}
+		row := []string{g.workload, g.mode}
+		for i := range maxRuns {
+			if i < len(s.ns) {
+				row = append(row, formatNs(s.ns[i]))
+			} else {
+				row = append(row, "-")
+			}
+		}
+		fl = append(fl, row)
+	}
+	fmt.Fprintf(w, "\n%s time/op in each run\n\n", floor)
+	return table(w, fl, md)
+}
+
+// perRun returns the range of ours[i] / floor[i] over the runs i that
+// measured both.
+func perRun(ours, floor []float64) string {
+	lo, hi := 0.0, 0.0
+	n := 0
+	for i := range min(len(ours), len(floor)) {
+		if floor[i] <= 0 {
+			continue
+		}
+		r := ours[i] / floor[i]
+		if n == 0 || r < lo {
+			lo = r
+		}
+		if n == 0 || r > hi {
+			hi = r
+		}
+		n++
+	}
+	if n == 0 {
+		return "-"
+	}
+	return formatRatio(lo) + "–" + formatRatio(hi)
+}
+
+func formatDelta(ns float64) string {
+	if ns < 0 {
+		return "−" + formatNs(-ns)
+	}
+	return "+" + formatNs(ns)
 }
 
 // table writes rows, the first being the header, aligned for a terminal
