@@ -68,10 +68,10 @@ const (
 //     on the slot its process expects to be free; only when that slot is
 //     held does a short script look at all N.
 //   - Limit above 64: P{k}:window, a hash of the counts of starts in
-//     buckets of 1/200 of the interval, kept by a script in three Redis
-//     calls; at most 800 fields (tens of KiB) whatever the limit. Each
+//     buckets of 1/160 of the interval, kept by a script of three Redis
+//     calls; at most 643 fields (under 64 KiB) whatever the limit. Each
 //     start counts as if at the end of its bucket, so the limit is never
-//     exceeded, and at most 0.5% of the capacity is lost. A waiting call
+//     exceeded, and at most 0.7% of the capacity is lost. A waiting call
 //     can book at most about three intervals ahead.
 //   - P{k}:hold records a hold (see Throttle.Hold) while it lasts.
 //

@@ -889,10 +889,14 @@ func TestTransportWaitRunsOut(t *testing.T) {
 	assert.NotErrorIs(t, err, context.DeadlineExceeded)
 	assert.Equal(t, int32(1), store.cancels.Load(), "turns handed back")
 
+	// The request's own deadline comes before the booked turn: Wait hands
+	// the turn back and the request is throttled, as when its turn is
+	// past the Transport's wait.
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_, err = get(ctx, tr, up.URL)
-	assert.ErrorIs(t, err, context.DeadlineExceeded, "request whose context ran out")
+	assert.ErrorIs(t, err, throttle.ErrThrottled, "request whose context ends before its turn")
+	assert.Equal(t, int32(2), store.cancels.Load(), "turns handed back")
 	assert.Zero(t, up.count(), "requests that reached the upstream")
 }
 

@@ -9,15 +9,20 @@
 --
 -- KEYS[1] is a hash:
 --   c        "l:C": l the newest bucket with a start, C the starts so far
---   h        the end of a hold (microseconds), if any
---   b % R    "b:C(b)", C(b) the starts in buckets up to b, for the R
---            newest buckets up to l (every one of them written).
--- The starts counted in the window at time t are C - C(j0(t)), with
--- j0(t) = floor((t - interval) / w) - 1 the newest bucket whose end is at
--- or before t - interval. A start is admitted at t while that is below N.
--- A booking goes to the earliest time that admits, counted in its bucket
--- or in l if that is later, and can be at most R - K - 3 buckets ahead, so
--- that the ring always holds j0 and every bucket after it.
+--   h        "hb:base": hb the oldest bucket still counted (-1: none),
+--            base the starts before it
+--   hold     the end of a hold (microseconds), if any
+--   b % R    "b:C(b):next" for the buckets with starts from hb to l: C(b)
+--            the starts up to the end of b, next the next such bucket (-1
+--            for l). The buckets form a list through a ring of R fields.
+-- The starts in the window at time t are C - base once the head has moved
+-- past every bucket at or before j0(t) = floor((t - interval) / w) - 1,
+-- the newest bucket whose end is at or before t - interval. Each bucket is
+-- added once and leaves once, so a decision costs a few Redis calls
+-- whatever the rate and the gaps between calls. A start is admitted while
+-- the count is below N. A booking goes to the earliest time that admits,
+-- counted in its bucket or in l if that is later, and can be at most
+-- R - K - 3 buckets ahead, so that the list always fits the ring.
 --
 -- ARGV[1]  op: 't' take, 'c' cancel, 'h' hold
 -- ARGV[2]  interval in microseconds
@@ -26,7 +31,7 @@
 --          hold in microseconds
 -- Returns, for 't', {ok, delay_us, retry_us, C}: C identifies the start
 -- for a cancel. For 'c' and 'h', 1 or 0.
-local K, R = 200, 800
+local K, R = 160, 640
 local key = KEYS[1]
 local op = ARGV[1]
 local interval = tonumber(ARGV[2])
@@ -39,35 +44,50 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = math.floor(now / w)
 local j0 = math.floor((now - interval) / w) - 1
 
-local function parse(v)
-  if not v then
-    return nil, nil
-  end
+-- split returns the numbers of "a:b" or "a:b:c".
+local function split(v)
   local i = string.find(v, ':', 1, true)
+  local j = string.find(v, ':', i + 1, true)
+  if j then
+    return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1, j - 1)), tonumber(string.sub(v, j + 1))
+  end
   return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1))
 end
 
-local v = redis.call('HMGET', key, 'c', 'h', string.format('%d', j0 % R))
-local l, total = parse(v[1])
-if not l then
-  l, total = -1, 0
+local function field(b)
+  return string.format('%d', b % R)
 end
-local hold = tonumber(v[2]) or 0
 
--- cum returns C(j), given the ring's entry for j if read already. Before
--- the first bucket, or behind the ring, it is 0: never more than C(j).
-local function cum(j, entry)
-  if j >= l then
-    return total
+local v = redis.call('HMGET', key, 'c', 'h', 'hold')
+local l, total, hb, base = -1, 0, -1, 0
+if v[1] then
+  l, total = split(v[1])
+  hb, base = split(v[2])
+end
+local hold = tonumber(v[3]) or 0
+local head0 = hb
+
+-- entry returns the bucket, count and next of the list entry of bucket b.
+local function entry(b)
+  local e = redis.call('HGET', key, field(b))
+  if not e then
+    return nil
   end
-  if entry == nil then
-    entry = redis.call('HGET', key, string.format('%d', j % R))
+  local eb, ec, en = split(e)
+  if eb ~= b then
+    return nil
   end
-  local b, c = parse(entry or nil)
-  if b == j then
-    return c
+  return eb, ec, en
+end
+
+-- Move the head past the buckets that left the window. A broken list (it
+-- never is) stops the head, which only over-counts.
+while hb >= 0 and hb <= j0 do
+  local eb, ec, en = entry(hb)
+  if not eb then
+    break
   end
-  return 0
+  base, hb = ec, en
 end
 
 -- expire keeps the key until the newest start leaves the window and any
@@ -84,11 +104,8 @@ if op == 'h' then
   local h = now + arg
   if h > hold then
     hold = h
-    redis.call('HSET', key, 'h', string.format('%d', h))
-  end
-  local ttl = redis.call('PTTL', key)
-  if ttl < math.ceil((hold - now) / 1000) + 1 then
-    expire(math.max(l, 0))
+    redis.call('HSET', key, 'hold', string.format('%d', h))
+    expire(math.max(l, cur))
   end
   return 1
 end
@@ -96,7 +113,7 @@ end
 if op == 'c' then
   if l >= 0 and total == arg then
     local val = string.format('%d:%d', l, total - 1)
-    redis.call('HSET', key, 'c', val, string.format('%d', l % R), val)
+    redis.call('HSET', key, 'c', val, field(l), val .. ':-1')
     return 1
   end
   return 0
@@ -105,23 +122,26 @@ end
 -- op 't': the earliest time at or after now where a start admits. The
 -- count only falls as time passes (no start is added), so a window that
 -- admits now admits later too.
-local target = total - limit + 1 -- admitted at t when C(j0(t)) >= target
+local target = total - limit + 1 -- admitted at t once base(t) >= target
 local at
-if cum(j0, v[3]) >= target then
+if base >= target then
   at = math.max(now, hold)
 else
-  -- The first j with C(j) >= target, by bisection (C grows with j, and
-  -- C(l) = total >= target); the window admits from bucket j+D+1 on.
-  local lo, hi = j0 + 1, math.max(l, j0 + 1)
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if cum(mid) >= target then
-      hi = mid
-    else
-      lo = mid + 1
+  -- The first bucket j of the list with C(j) >= target (C(l) = total is);
+  -- the window admits from bucket j+D+1 on.
+  local j, b = l, hb
+  while b >= 0 do
+    local eb, ec, en = entry(b)
+    if not eb then
+      break
     end
+    if ec >= target then
+      j = eb
+      break
+    end
+    b = en
   end
-  at = math.max((lo + D + 1) * w, hold)
+  at = math.max((j + D + 1) * w, hold)
 end
 local b = math.floor(at / w)
 local delay = at - now
@@ -134,22 +154,24 @@ if b - cur > cap then
 end
 -- Count the start in bucket max(b, l): never before it happens.
 local into = math.max(b, l)
-local fields = {}
-if l >= 0 and into > l + 1 then
-  for j = math.max(l + 1, into - R + 1), into - 1 do
-    fields[#fields + 1] = string.format('%d', j % R)
-    fields[#fields + 1] = string.format('%d:%d', j, total)
-  end
-end
 total = total + 1
 local val = string.format('%d:%d', into, total)
-fields[#fields + 1] = 'c'
-fields[#fields + 1] = val
-fields[#fields + 1] = string.format('%d', into % R)
-fields[#fields + 1] = val
--- HSET adds no field when the bucket is the newest one's and the key is
--- there; otherwise the key's expiry moves (or the key expired during the
--- script, which Redis, whose clock stops while a script runs, never does).
+local fields = {'c', val, field(into), val .. ':-1'}
+if into > l and l >= 0 then
+  fields[#fields + 1] = field(l)
+  fields[#fields + 1] = string.format('%d:%d:%d', l, total - 1, into)
+end
+if hb < 0 then
+  hb, base = into, total - 1
+end
+if hb ~= head0 then
+  fields[#fields + 1] = 'h'
+  fields[#fields + 1] = string.format('%d:%d', hb, base)
+end
+-- HSET adds no field when the start joins the newest bucket and the key
+-- is there; otherwise the key's expiry moves (or the key expired during
+-- the script, which Redis, whose clock stops while a script runs, never
+-- does).
 if redis.call('HSET', key, unpack(fields)) > 0 or into ~= l then
   expire(into)
 end

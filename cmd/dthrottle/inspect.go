@@ -74,7 +74,7 @@ free, and otherwise 1 ms after the first slot expires (Redis keeps a key through
 its expiry millisecond).
 
 A limit above 64 is a hash, prefix{KEY}:window, of counts of starts per time
-bucket (1/200 of the interval); inspect shows the newest bucket, the count and
+bucket (1/160 of the interval); inspect shows the newest bucket, the count and
 any hold, and with --interval the starts in the window.
 
 A throttle with a cap (throttle.WithConcurrency) keeps its leases in
@@ -338,7 +338,7 @@ func showList(w io.Writer, row func(string, string, ...any), st keyState, nowUs 
 		row("count", "%s  (not \"bucket:count\")", strconv.Quote(h["c"]))
 		return nil
 	}
-	if hold, err := strconv.ParseInt(h["h"], 10, 64); err == nil {
+	if hold, err := strconv.ParseInt(h["hold"], 10, 64); err == nil {
 		if hold > nowUs {
 			row("hold end", "in %s (recorded in the window)", fmtDur(time.Duration(hold-nowUs)*time.Microsecond))
 		} else {
@@ -351,23 +351,22 @@ func showList(w io.Writer, row func(string, string, ...any), st keyState, nowUs 
 		return nil
 	}
 	iv := k.interval.Microseconds()
-	bw := (iv + 199) / 200
+	bw := (iv + windowBuckets - 1) / windowBuckets
 	end := (l + 1) * bw
 	row("newest", "bucket ends %s (each start counts as if at its bucket's end)", relative(time.Duration(end-nowUs)*time.Microsecond))
-	j0 := (nowUs-iv)/bw - 1
-	if nowUs-iv < 0 && (nowUs-iv)%bw != 0 {
-		j0--
-	}
-	before := int64(0)
-	switch {
-	case j0 >= l:
-		before = total
-	default:
-		if b, c, ok := parsePair(h[strconv.FormatInt(((j0%800)+800)%800, 10)]); ok && b == j0 {
-			before = c
+	// The head of the list of buckets with starts, moved past those
+	// that left the window, as the script does.
+	j0 := floorDiv(nowUs-iv, bw) - 1
+	hb, base, ok := parsePair(h["h"])
+	for ok && hb >= 0 && hb <= j0 {
+		var b, c, next int64
+		b, c, next, ok = parseEntry(h[strconv.FormatInt(hb%windowRing, 10)])
+		if !ok || b != hb {
+			break
 		}
+		base, hb = c, next
 	}
-	in := total - before
+	in := total - base
 	row("in window", "%d of limit %d counted in the last %v", in, k.limit, k.interval)
 	if in < int64(k.limit) && nowUs >= end-bw {
 		row("next start", "free now")
@@ -375,6 +374,38 @@ func showList(w io.Writer, row func(string, string, ...any), st keyState, nowUs 
 		row("next start", "not free: the window is full (or a start is booked ahead)")
 	}
 	return nil
+}
+
+// windowBuckets and windowRing are K and R of scripts/window.lua: buckets
+// per interval, and fields in the ring of buckets.
+const (
+	windowBuckets = 160
+	windowRing    = 640
+)
+
+// floorDiv is a / b rounded down, for b > 0.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// parseEntry parses "bucket:count:next", a bucket of the window's list.
+func parseEntry(v string) (b, c, next int64, ok bool) {
+	x, rest, found := strings.Cut(v, ":")
+	if !found {
+		return 0, 0, 0, false
+	}
+	y, z, found := strings.Cut(rest, ":")
+	if !found {
+		return 0, 0, 0, false
+	}
+	b, err1 := strconv.ParseInt(x, 10, 64)
+	c, err2 := strconv.ParseInt(y, 10, 64)
+	next, err3 := strconv.ParseInt(z, 10, 64)
+	return b, c, next, err1 == nil && err2 == nil && err3 == nil
 }
 
 // parsePair parses "a:b" into two integers.
