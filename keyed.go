@@ -16,7 +16,8 @@ import (
 // A Keyed keeps local state (the deny cache) only for the keys whose
 // retry-after is still running, and drops the others as new keys arrive,
 // without a goroutine: its memory follows the keys active within about one
-// interval, not every key ever seen. The same holds for a MemoryStore.
+// interval (at least 100 ms), not every key ever seen. The same holds for
+// a MemoryStore.
 //
 // A Keyed is safe for concurrent use by many goroutines. It starts no
 // goroutine of its own.
@@ -49,7 +50,9 @@ func NewKeyed(interval time.Duration, opts ...Option) (*Keyed, error) {
 	k := &Keyed{c: c, seed: maphash.MakeSeed()}
 	for i := range k.entries {
 		k.entries[i].m = make(map[string]*entry)
-		k.entries[i].sw.period = int64(max(interval, time.Millisecond))
+		// At least 100 ms: with a shorter period, the entries of keys used
+		// a few times a second would be swept and made again on each use.
+		k.entries[i].sw.period = int64(max(interval, 100*time.Millisecond))
 	}
 	return k, nil
 }

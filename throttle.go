@@ -202,12 +202,13 @@ var errEmptyKey = errors.New("throttle: empty key")
 // the store, and the decision logic over them. The local state of each key
 // (its deny cache) is an entry that the caller passes in.
 type core struct {
-	interval time.Duration
-	cfg      config
-	local    bool         // the store never blocks: no timeout needed
-	fallback *MemoryStore // decides while the store cannot (WithFallback)
-	epoch    time.Time    // origin of now
-	clock    Clock        // the store's clock, if it has one; nil otherwise
+	interval  time.Duration
+	cfg       config
+	local     bool         // the store never blocks: no timeout needed
+	fallback  *MemoryStore // decides while the store cannot (WithFallback)
+	epoch     time.Time    // origin of now
+	deadlines *deadlines   // bounds each store decision by the timeout
+	clock     Clock        // the store's clock, if it has one; nil otherwise
 }
 
 // entry is the local state of one key: its deny cache. Until deniedUntil
@@ -231,7 +232,7 @@ func newCore(interval time.Duration, opts []Option) (*core, error) {
 		cfg.store = NewMemoryStore()
 	}
 	_, local := cfg.store.(localStore)
-	c := &core{interval: interval, cfg: cfg, local: local, epoch: time.Now()}
+	c := &core{interval: interval, cfg: cfg, local: local, epoch: time.Now(), deadlines: deadlinesFor(cfg.timeout)}
 	if clk, ok := cfg.store.(Clock); ok {
 		c.clock = clk
 		c.epoch = clk.Now()
@@ -437,7 +438,7 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if c.local {
 		res, err = c.cfg.store.Take(ctx, key, c.request(maxWait))
 	} else {
-		cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+		cctx, cancel := c.deadlines.bound(ctx)
 		res, err = c.cfg.store.Take(cctx, key, c.request(maxWait))
 		cancel()
 	}
