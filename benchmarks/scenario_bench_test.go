@@ -118,7 +118,9 @@ func (w want) check(name string, ok bool, err error) (counted bool, fatal error)
 	return false, nil
 }
 
-func isPeer(name string) bool { return name != "floor" && !strings.HasPrefix(name, "dthrottle") }
+func isPeer(name string) bool {
+	return !strings.HasPrefix(name, "floor") && !strings.HasPrefix(name, "dthrottle")
+}
 
 // reportErrors reports a peer's errors per op, when there were any.
 func reportErrors(b *testing.B, errs int64) {
@@ -138,8 +140,10 @@ func keys(lib, g string, n int) []string {
 }
 
 // floorLib is a SET key 1 NX PX interval per call, on c.
-func floorLib(c *redis.Client, l Limit) lib {
-	return lib{"floor", func(keys []string) decider {
+func floorLib(c redis.UniversalClient, l Limit) lib { return floorLibNamed("floor", c, l) }
+
+func floorLibNamed(name string, c redis.UniversalClient, l Limit) lib {
+	return lib{name, func(keys []string) decider {
 		return func(ctx context.Context, i int) (bool, error) {
 			return c.SetNX(ctx, keys[i], "1", l.Interval).Result()
 		}
@@ -170,6 +174,10 @@ func throttleLib(c *redis.Client, l Limit) lib {
 
 func benchAllowed(b *testing.B, l Limit, hot bool) {
 	c := server.Start(b).Client(b)
+	// go-redis auto-pipelining (experimental in v9.23): the commands of
+	// concurrent goroutines share round trips.
+	ap := must(c.AutoPipeline())
+	b.Cleanup(func() { _ = ap.Close() })
 	libs := []lib{
 		floorLib(c, l),
 		limiterLib("dthrottle", KeyedLimiter(must(NewDthrottleKeyed(c, l)))),
@@ -177,10 +185,12 @@ func benchAllowed(b *testing.B, l Limit, hot bool) {
 		limiterLib("redis_rate", NewRedisRate(c, l)),
 		limiterLib("throttled", must(NewThrottled(c, l))),
 		limiterLib("ulule", must(NewUlule(c, l))),
+		floorLibNamed("floor-autopipeline", ap, l),
+		limiterLib("dthrottle-autopipeline", KeyedLimiter(must(NewDthrottleKeyed(ap, l)))),
 	}
 	for _, lb := range libs {
 		w := wantAdmit
-		if lb.name == "floor" {
+		if strings.HasPrefix(lb.name, "floor") {
 			w = wantAny
 		}
 		b.Run(lb.name, func(b *testing.B) {
