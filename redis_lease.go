@@ -74,19 +74,11 @@ func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, tok
 		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from lease script", v)
 	}
 	if n > 1 && v[5] == 0 {
-		hint := v[3] + int64(n) - 1
-		if v[0] == 1 {
-			hint++
-		}
-		s.next.Store(uint32(hint))
+		s.hint(v[0] == 1, v[3], n)
 	}
-	return Reservation{
-		OK:         v[0] == 1,
-		Delay:      time.Duration(v[1]) * time.Millisecond,
-		RetryAfter: time.Duration(v[2]) * time.Millisecond,
-		Slot:       v[4]<<8 | v[3],
-		Full:       v[5] == 1,
-	}, nil
+	res := slotReservation(v)
+	res.Full = v[5] == 1
+	return res, nil
 }
 
 // RenewLease implements Leaser: one script call.

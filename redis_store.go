@@ -267,8 +267,6 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 }
 
 // takeSlot runs slots.lua over the slots of key, starting at slot first.
-// Reservation.Slot is the slot index in its low 8 bits and, for a booking,
-// the booked start in server milliseconds above them.
 func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, first int) (Reservation, error) {
 	n := req.Limit
 	v, err := s.run(ctx, slotsScript, s.slots(key, n),
@@ -279,19 +277,31 @@ func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, firs
 	if len(v) != 5 || v[3] < 0 || v[3] >= int64(n) {
 		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from slots script", v)
 	}
-	// The next call tries the slot after the one taken, or the one that
-	// frees first.
-	hint := v[3] + int64(n) - 1
-	if v[0] == 1 {
-		hint++
+	s.hint(v[0] == 1, v[3], n)
+	return slotReservation(v), nil
+}
+
+// hint makes the next call try the slot after slot when it was taken, or
+// slot itself (the one that frees first) when it was not.
+func (s *RedisStore) hint(taken bool, slot int64, n int) {
+	h := slot + int64(n) - 1
+	if taken {
+		h++
 	}
-	s.next.Store(uint32(hint))
+	s.next.Store(uint32(h))
+}
+
+// slotReservation is the Reservation of a reply {ok, delay_ms, retry_ms,
+// slot, start_ms, ...} of slots.lua or lease.lua: Slot is the slot index
+// in its low 8 bits and, for a booking, the booked start in server
+// milliseconds above them.
+func slotReservation(v []int64) Reservation {
 	return Reservation{
 		OK:         v[0] == 1,
 		Delay:      time.Duration(v[1]) * time.Millisecond,
 		RetryAfter: time.Duration(v[2]) * time.Millisecond,
 		Slot:       v[4]<<8 | v[3],
-	}, nil
+	}
 }
 
 // takeWindow decides a start of a limit above maxSlots with window.lua.
