@@ -79,6 +79,33 @@ func TestTLS(t *testing.T) {
 // only for a slot without an expiry).
 var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "pexpire", "hmget", "hset", "hget"}
 
+// aclLeaseCommands are the commands a RedisStore needs besides
+// aclCommands for WithConcurrency: lease.lua's sorted set and wake-up list,
+// and BLPOP for waiters.
+var aclLeaseCommands = []string{"zadd", "zcard", "zrange", "zrem", "zremrangebyscore", "zscore", "rpush", "ltrim", "blpop"}
+
+// exerciseLeases makes every lease call a throttle with a cap makes.
+func exerciseLeases(ctx context.Context, s *RedisStore) error {
+	req := Request{Limit: 1, Concurrency: 1, LeaseTTL: time.Minute}
+	res, err := s.TakeLease(ctx, "acl/lease", req, "a")
+	if err != nil || !res.OK {
+		return fmt.Errorf("TakeLease: %+v, %w", res, err)
+	}
+	if res, err := s.TakeLease(ctx, "acl/lease", req, "b"); err != nil || res.OK || !res.Full {
+		return fmt.Errorf("TakeLease at capacity: %+v, %w", res, err)
+	}
+	if held, err := s.RenewLease(ctx, "acl/lease", req, "a"); err != nil || !held {
+		return fmt.Errorf("RenewLease: %v, %w", held, err)
+	}
+	if err := s.ReleaseLease(ctx, "acl/lease", req, "a"); err != nil {
+		return fmt.Errorf("ReleaseLease: %w", err)
+	}
+	if err := s.AwaitLease(ctx, "acl/lease", req, time.Second); err != nil {
+		return fmt.Errorf("AwaitLease: %w", err)
+	}
+	return nil
+}
+
 // aclRules is the minimal ACL rule set for a RedisStore with the default
 // key prefix, without the password.
 func aclRules(commands []string, keyPattern string) []string {
@@ -243,6 +270,20 @@ func TestACLMinimalRules(t *testing.T) {
 	}
 	err := exerciseStore(ctx, storeAs(t, aclRules(aclCommands, "~other:*")))
 	assert.Error(t, err, "store calls as a user limited to keys ~other:*")
+
+	// WithConcurrency needs the lease commands too, each of them.
+	all := append(append([]string(nil), aclCommands...), aclLeaseCommands...)
+	t.Logf("with WithConcurrency, add: +%s", strings.Join(aclLeaseCommands, " +"))
+	require.NoError(t, exerciseLeases(ctx, storeAs(t, aclRules(all, "~throttle:*"))), "every lease call with the lease rules")
+	for i, cmd := range aclLeaseCommands {
+		without := append(append([]string(nil), aclCommands...), aclLeaseCommands[:i]...)
+		without = append(without, aclLeaseCommands[i+1:]...)
+		err := exerciseLeases(ctx, storeAs(t, aclRules(without, "~throttle:*")))
+		assert.Error(t, err, "lease calls as a user without +%s: the rule would not be needed", cmd)
+		if err != nil {
+			assert.True(t, isPermissionError(err), "lease calls as a user without +%s: got %v, want a permission error", cmd, err)
+		}
+	}
 
 	// At the throttle level: a user without EVALSHA gets ErrStoreUnavailable
 	// from a limit above 1 (which runs a script), and fails closed.
