@@ -14,7 +14,7 @@ var (
 	//go:embed scripts/lease.lua
 	leaseSource string
 
-	leaseScript = redis.NewScript(leaseSource)
+	leaseScript = redis.NewScript(slotScanSource + leaseSource)
 )
 
 // Suffixes of the keys of a throttle with a cap (WithConcurrency).

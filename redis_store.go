@@ -22,6 +22,8 @@ const DefaultKeyPrefix = "throttle:"
 const maxSlots = 64
 
 var (
+	//go:embed scripts/slotscan.lua
+	slotScanSource string
 	//go:embed scripts/slots.lua
 	slotsSource string
 	//go:embed scripts/unbook.lua
@@ -31,7 +33,7 @@ var (
 	//go:embed scripts/window.lua
 	windowSource string
 
-	slotsScript  = redis.NewScript(slotsSource)
+	slotsScript  = redis.NewScript(slotScanSource + slotsSource)
 	unbookScript = redis.NewScript(unbookSource)
 	holdScript   = redis.NewScript(holdSource)
 	windowScript = redis.NewScript(windowSource)

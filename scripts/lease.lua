@@ -7,7 +7,8 @@
 --             expires with its latest lease.
 -- KEYS[2]     P{k}:free, a list that a release pushes to, so that waiters
 --             blocked in BLPOP wake; at most k entries, with a short expiry.
--- KEYS[3..]   the N slot keys of the rate, when it has one.
+-- KEYS[3..]   the N slot keys of the rate, when it has one (scanned with
+--             slotscan.lua, which runs before this script).
 --
 -- ARGV[1] op:
 --   'a'  take a lease and a start. ARGV[2] token, ARGV[3] k, ARGV[4] TTL
@@ -86,32 +87,17 @@ if redis.call('ZSCORE', L, token) then
   end
   return {0, 0, 0, 0, 0, 1}
 end
-local slot, delay = nil, 0
+local slot, delay = nil, 0 -- slot: 0-based, of the slot keys KEYS[3..]
 if n > 0 then
-  local best, bestttl
-  for j = 0, n - 1 do
-    local i = (first + j) % n + 3
-    local pttl = redis.call('PTTL', KEYS[i])
-    if pttl == -2 then
-      slot = i
-      break
-    end
-    if pttl == -1 then
-      -- As slots.lua: a string without expiry counts as a start now.
-      if redis.call('TYPE', KEYS[i]).ok ~= 'string' then
-        return redis.error_reply('throttle: key ' .. KEYS[i] .. ' is not a throttle slot')
-      end
-      redis.call('PEXPIRE', KEYS[i], ARGV[5])
-      pttl = interval
-    end
-    if not bestttl or pttl < bestttl then
-      best, bestttl = i, pttl
-    end
+  local free, best, bestttl, err = scan(2, n, first, ARGV[5])
+  if err then
+    return redis.error_reply(err)
   end
+  slot = free
   if not slot then
     delay = bestttl + 1
     if delay > maxwait then
-      return {0, 0, bestttl, best - 3, 0, 0}
+      return {0, 0, bestttl, best, 0, 0}
     end
     slot = best
   end
@@ -127,12 +113,11 @@ end
 local start = 0
 if slot then
   if delay == 0 then
-    redis.call('SET', KEYS[slot], '1', 'PX', ARGV[5])
+    redis.call('SET', KEYS[slot + 3], '1', 'PX', ARGV[5])
   else
     start = now + delay
-    redis.call('SET', KEYS[slot], string.format('%d', start), 'PX', string.format('%d', delay + interval))
+    redis.call('SET', KEYS[slot + 3], string.format('%d', start), 'PX', string.format('%d', delay + interval))
   end
-  slot = slot - 3
 else
   slot = 0
 end

@@ -14,6 +14,8 @@
 -- The slot that frees first frees at the earliest time the window admits
 -- a start, which is where a waiting call books.
 --
+-- It runs after slotscan.lua (see scan).
+--
 -- KEYS[1..N]  the slots
 -- ARGV[1]     interval in milliseconds
 -- ARGV[2]     maxwait in milliseconds (0: only now)
@@ -25,34 +27,20 @@ local interval = tonumber(ARGV[1])
 local maxwait = tonumber(ARGV[2])
 local first = tonumber(ARGV[3])
 local n = #KEYS
-local best, bestttl
-for j = 0, n - 1 do
-  local i = (first + j) % n + 1
-  local ttl = redis.call('PTTL', KEYS[i])
-  if ttl == -2 then
-    redis.call('SET', KEYS[i], '1', 'PX', ARGV[1])
-    return {1, 0, 0, i - 1, 0}
-  end
-  if ttl == -1 then
-    -- A key without an expiry was not written by this library. A string
-    -- counts as a start now and gets the expiry of one; anything else is
-    -- an error rather than a throttle that never admits again.
-    if redis.call('TYPE', KEYS[i]).ok ~= 'string' then
-      return redis.error_reply('throttle: key ' .. KEYS[i] .. ' is not a throttle slot')
-    end
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-    ttl = interval
-  end
-  if not bestttl or ttl < bestttl then
-    best, bestttl = i, ttl
-  end
+local free, best, bestttl, err = scan(0, n, first, ARGV[1])
+if err then
+  return redis.error_reply(err)
+end
+if free then
+  redis.call('SET', KEYS[free + 1], '1', 'PX', ARGV[1])
+  return {1, 0, 0, free, 0}
 end
 -- Every slot is held; the first frees bestttl + 1 ms from now.
 local delay = bestttl + 1
 if delay > maxwait then
-  return {0, 0, bestttl, best - 1, 0}
+  return {0, 0, bestttl, best, 0}
 end
 local t = redis.call('TIME')
 local start = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + delay
-redis.call('SET', KEYS[best], string.format('%d', start), 'PX', string.format('%d', delay + interval))
-return {1, delay, 0, best - 1, start}
+redis.call('SET', KEYS[best + 1], string.format('%d', start), 'PX', string.format('%d', delay + interval))
+return {1, delay, 0, best, start}
