@@ -24,33 +24,29 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
+
+	"github.com/dthrottle/throttle/benchmarks/internal/benchfmt"
 )
 
 func main() {
 	floor := flag.String("floor", "floor/SETNX", "name of the floor under each top-level benchmark")
 	md := flag.Bool("md", false, "print a Markdown table")
 	flag.Parse()
-	var in []io.Reader
-	for _, name := range flag.Args() {
-		f, err := os.Open(name)
-		if err != nil {
-			fatal(err)
-		}
-		defer f.Close()
-		in = append(in, f)
+	in, closeInput, err := benchfmt.Input(flag.Args())
+	if err != nil {
+		fatal(err)
 	}
-	if len(in) == 0 {
-		in = append(in, os.Stdin)
-	}
-	names, data, err := parse(io.MultiReader(in...))
+	defer closeInput()
+	names, data, err := parse(in)
 	if err != nil {
 		fatal(err)
 	}
 	if len(names) == 0 {
 		fatal(fmt.Errorf("no benchmark lines found"))
 	}
-	write(os.Stdout, rows(names, data, *floor), *md)
+	if err := benchfmt.Table(os.Stdout, rows(names, data, *floor), *md, 1); err != nil {
+		fatal(err)
+	}
 }
 
 func fatal(err error) {
@@ -113,69 +109,23 @@ func rows(names []string, data map[string]*sample, floor string) [][]string {
 	for _, n := range names {
 		s := data[n]
 		mn, mx := slices.Min(s.ns), slices.Max(s.ns)
-		row := []string{n, formatNs(median(s.ns)), formatNs(mn) + "–" + formatNs(mx), "-", "-", "-", "-", strconv.Itoa(len(s.ns))}
+		row := []string{n, benchfmt.FormatNs(benchfmt.Median(s.ns)), benchfmt.FormatNs(mn) + "–" + benchfmt.FormatNs(mx), "-", "-", "-", "-", strconv.Itoa(len(s.ns))}
 		if len(s.allocs) > 0 {
-			row[3] = strconv.FormatFloat(median(s.allocs), 'g', -1, 64)
+			row[3] = strconv.FormatFloat(benchfmt.Median(s.allocs), 'g', -1, 64)
 		}
-		if f := data[floorOf(n, floor)]; f != nil && f != s && median(f.ns) > 0 {
-			row[4] = fmt.Sprintf("%.2f", median(s.ns)/median(f.ns))
-			d := median(s.ns) - median(f.ns)
+		if f := data[floorOf(n, floor)]; f != nil && f != s && benchfmt.Median(f.ns) > 0 {
+			row[4] = fmt.Sprintf("%.2f", benchfmt.Median(s.ns)/benchfmt.Median(f.ns))
+			d := benchfmt.Median(s.ns) - benchfmt.Median(f.ns)
 			if d < 0 {
-				row[5] = "−" + formatNs(-d)
+				row[5] = "−" + benchfmt.FormatNs(-d)
 			} else {
-				row[5] = "+" + formatNs(d)
+				row[5] = "+" + benchfmt.FormatNs(d)
 			}
 			if len(s.allocs) > 0 && len(f.allocs) > 0 {
-				row[6] = fmt.Sprintf("%+g", median(s.allocs)-median(f.allocs))
+				row[6] = fmt.Sprintf("%+g", benchfmt.Median(s.allocs)-benchfmt.Median(f.allocs))
 			}
 		}
 		out = append(out, row)
 	}
 	return out
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if n := len(s); n%2 == 1 {
-		return s[n/2]
-	} else {
-		return (s[n/2-1] + s[n/2]) / 2
-	}
-}
-
-func formatNs(ns float64) string {
-	switch {
-	case ns >= 1e6:
-		return fmt.Sprintf("%.2fms", ns/1e6)
-	case ns >= 1e3:
-		return fmt.Sprintf("%.1fµs", ns/1e3)
-	default:
-		return fmt.Sprintf("%.1fns", ns)
-	}
-}
-
-func write(w io.Writer, rows [][]string, md bool) {
-	if md {
-		for i, r := range rows {
-			fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
-			if i == 0 {
-				sep := make([]string, len(r))
-				for j := range sep {
-					sep[j] = "---:"
-				}
-				sep[0] = "---"
-				fmt.Fprintf(w, "|%s|\n", strings.Join(sep, "|"))
-			}
-		}
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
-	}
-	tw.Flush()
 }

@@ -28,7 +28,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
+
+	"github.com/dthrottle/throttle/benchmarks/internal/benchfmt"
 )
 
 func main() {
@@ -36,19 +37,12 @@ func main() {
 	floor := flag.String("floor", "floor", "name of the floor")
 	md := flag.Bool("md", false, "print Markdown tables")
 	flag.Parse()
-	var in []io.Reader
-	for _, name := range flag.Args() {
-		f, err := os.Open(name)
-		if err != nil {
-			fatal(err)
-		}
-		defer f.Close()
-		in = append(in, f)
+	in, closeInput, err := benchfmt.Input(flag.Args())
+	if err != nil {
+		fatal(err)
 	}
-	if len(in) == 0 {
-		in = append(in, os.Stdin)
-	}
-	res, err := parse(io.MultiReader(in...))
+	defer closeInput()
+	res, err := parse(in)
 	if err != nil {
 		fatal(err)
 	}
@@ -131,19 +125,6 @@ func parse(r io.Reader) (*results, error) {
 	return res, sc.Err()
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if n := len(s); n%2 == 1 {
-		return s[n/2]
-	} else {
-		return (s[n/2-1] + s[n/2]) / 2
-	}
-}
-
 func isOurs(lib, ours string) bool { return lib == ours || strings.HasPrefix(lib, ours+"-") }
 
 func report(w io.Writer, res *results, ours, floor string, md bool) error {
@@ -178,11 +159,11 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 				row = append(row, "-")
 				continue
 			}
-			cell := formatNs(median(s.ns))
+			cell := benchfmt.FormatNs(benchfmt.Median(s.ns))
 			if len(s.allocs) > 0 {
-				cell += fmt.Sprintf(" (%g)", median(s.allocs))
+				cell += fmt.Sprintf(" (%g)", benchfmt.Median(s.allocs))
 			}
-			if e := median(s.errs); e > 0 {
+			if e := benchfmt.Median(s.errs); e > 0 {
 				cell += fmt.Sprintf(" [%.2f err/op]", e)
 			}
 			row = append(row, cell)
@@ -201,17 +182,17 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 			if so == nil {
 				continue
 			}
-			mo := median(so.ns)
+			mo := benchfmt.Median(so.ns)
 			row := []string{g.workload, g.mode, o}
-			if sf := res.data[g][floor]; sf != nil && median(sf.ns) > 0 {
-				row = append(row, formatRatio(mo/median(sf.ns)), perRun(so.ns, sf.ns),
-					formatDelta(mo-median(sf.ns)), fmt.Sprintf("%+g", median(so.allocs)-median(sf.allocs)))
+			if sf := res.data[g][floor]; sf != nil && benchfmt.Median(sf.ns) > 0 {
+				row = append(row, formatRatio(mo/benchfmt.Median(sf.ns)), perRun(so.ns, sf.ns),
+					formatDelta(mo-benchfmt.Median(sf.ns)), fmt.Sprintf("%+g", benchfmt.Median(so.allocs)-benchfmt.Median(sf.allocs)))
 			} else {
 				row = append(row, "-", "-", "-", "-")
 			}
 			for _, other := range peers {
-				if s := res.data[g][other]; s != nil && median(s.ns) > 0 {
-					row = append(row, formatRatio(mo/median(s.ns)))
+				if s := res.data[g][other]; s != nil && benchfmt.Median(s.ns) > 0 {
+					row = append(row, formatRatio(mo/benchfmt.Median(s.ns)))
 				} else {
 					row = append(row, "-")
 				}
@@ -221,12 +202,12 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 	}
 
 	fmt.Fprintf(w, "Medians of time/op (allocs/op), %s run(s) per benchmark\n\n", joinInts(counts))
-	if err := table(w, medians, md); err != nil {
+	if err := benchfmt.Table(w, medians, md, 2); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "\nRatios of medians, ours / other (below 1: ours is faster); per run: the range of\n"+
 		"ours / %[1]s within each run; −%[1]s: difference of the medians\n\n", floor)
-	if err := table(w, ratios, md); err != nil {
+	if err := benchfmt.Table(w, ratios, md, 2); err != nil {
 		return err
 	}
 
@@ -247,7 +228,7 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 		row := []string{g.workload, g.mode}
 		for i := range maxRuns {
 			if i < len(s.ns) {
-				row = append(row, formatNs(s.ns[i]))
+				row = append(row, benchfmt.FormatNs(s.ns[i]))
 			} else {
 				row = append(row, "-")
 			}
@@ -255,7 +236,7 @@ func report(w io.Writer, res *results, ours, floor string, md bool) error {
 		fl = append(fl, row)
 	}
 	fmt.Fprintf(w, "\n%s time/op in each run\n\n", floor)
-	return table(w, fl, md)
+	return benchfmt.Table(w, fl, md, 2)
 }
 
 // perRun returns the range of ours[i] / floor[i] over the runs i that
@@ -284,46 +265,9 @@ func perRun(ours, floor []float64) string {
 
 func formatDelta(ns float64) string {
 	if ns < 0 {
-		return "−" + formatNs(-ns)
+		return "−" + benchfmt.FormatNs(-ns)
 	}
-	return "+" + formatNs(ns)
-}
-
-// table writes rows, the first being the header, aligned for a terminal
-// or as a Markdown table.
-func table(w io.Writer, rows [][]string, md bool) error {
-	if md {
-		for i, r := range rows {
-			fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
-			if i == 0 {
-				sep := make([]string, len(r))
-				for j := range sep {
-					sep[j] = "---"
-					if j >= 2 {
-						sep[j] = "---:"
-					}
-				}
-				fmt.Fprintf(w, "|%s|\n", strings.Join(sep, "|"))
-			}
-		}
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t")+"\t")
-	}
-	return tw.Flush()
-}
-
-func formatNs(ns float64) string {
-	switch {
-	case ns >= 1e6:
-		return fmt.Sprintf("%.2fms", ns/1e6)
-	case ns >= 1e3:
-		return fmt.Sprintf("%.1fµs", ns/1e3)
-	default:
-		return fmt.Sprintf("%.1fns", ns)
-	}
+	return "+" + benchfmt.FormatNs(ns)
 }
 
 func formatRatio(r float64) string {

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/dthrottle/throttle/benchmarks/internal/benchfmt"
 )
 
 const input = `goos: linux
@@ -26,10 +28,10 @@ func TestParseAndReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := group{"W", "serial"}
-	if got := median(res.data[g]["floor"].ns); got != 200 {
+	if got := benchfmt.Median(res.data[g]["floor"].ns); got != 200 {
 		t.Errorf("floor median = %v, want 200", got)
 	}
-	if got := median(res.data[g]["dthrottle"].ns); got != 110 {
+	if got := benchfmt.Median(res.data[g]["dthrottle"].ns); got != 110 {
 		t.Errorf("dthrottle median = %v, want 110", got)
 	}
 	if len(res.groups) != 2 {
@@ -65,7 +67,7 @@ func TestParseAndReport(t *testing.T) {
 }
 
 func TestMedianEven(t *testing.T) {
-	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+	if got := benchfmt.Median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
 	}
 }
