@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -130,43 +129,13 @@ func runLeaseWorker() int {
 // leaseWorkerCmd returns the command of one lease worker on spec.
 func leaseWorkerCmd(t *testing.T, spec leaseSpec) *exec.Cmd {
 	t.Helper()
-	b, err := json.Marshal(spec)
-	require.NoError(t, err)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), leaseWorkerEnv+"="+string(b))
-	return cmd
+	return workerCmd(t, leaseWorkerEnv, spec)
 }
 
 // runLeaseWorkers runs n lease workers on spec and returns their calls.
 func runLeaseWorkers(t *testing.T, n int, spec leaseSpec) []leaseCall {
 	t.Helper()
-	type proc struct {
-		cmd      *exec.Cmd
-		out, err bytes.Buffer
-	}
-	procs := make([]*proc, n)
-	for i := range procs {
-		spec.ID = i
-		p := &proc{cmd: leaseWorkerCmd(t, spec)}
-		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.err
-		require.NoError(t, p.cmd.Start(), "starting lease worker %d", i)
-		procs[i] = p
-	}
-	var calls []leaseCall
-	for i, p := range procs {
-		require.NoError(t, p.cmd.Wait(), "lease worker %d: %s", i, p.err.String())
-		dec := json.NewDecoder(&p.out)
-		for {
-			var c leaseCall
-			if err := dec.Decode(&c); errors.Is(err, io.EOF) {
-				break
-			} else {
-				require.NoError(t, err, "lease worker %d output", i)
-			}
-			calls = append(calls, c)
-		}
-	}
-	return calls
+	return runProcesses[leaseCall](t, n, leaseWorkerEnv, func(id int) any { spec.ID = id; return spec })
 }
 
 // maxInFlight returns the most calls whose [Start, End] overlap at one

@@ -201,29 +201,43 @@ func runWorkers(t *testing.T, n int, spec workerSpec) []simevent.Event {
 // events, each tagged with the index of its key in spec.Keys.
 func runKeyedWorkers(t *testing.T, n int, spec workerSpec) []workerEvent {
 	t.Helper()
+	return runProcesses[workerEvent](t, n, workerEnv, func(id int) any { spec.ID = id; return spec })
+}
+
+// workerCmd returns the command that re-executes the test binary as a
+// worker: TestMain sees env set to the JSON of spec.
+func workerCmd(t *testing.T, env string, spec any) *exec.Cmd {
+	t.Helper()
+	b, err := json.Marshal(spec)
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env+"="+string(b))
+	return cmd
+}
+
+// runProcesses starts n workers (workerCmd with env and spec(i) for the
+// i-th), waits for them all, and returns the JSON lines they printed,
+// decoded as E.
+func runProcesses[E any](t *testing.T, n int, env string, spec func(i int) any) []E {
+	t.Helper()
 	type proc struct {
-		cmd *exec.Cmd
-		out bytes.Buffer
-		err bytes.Buffer
+		cmd      *exec.Cmd
+		out, err bytes.Buffer
 	}
 	procs := make([]*proc, n)
 	for i := range procs {
-		spec.ID = i
-		b, err := json.Marshal(spec)
-		require.NoError(t, err)
-		p := &proc{cmd: exec.Command(os.Args[0], "-test.run=^$")}
-		p.cmd.Env = append(os.Environ(), workerEnv+"="+string(b))
+		p := &proc{cmd: workerCmd(t, env, spec(i))}
 		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.err
 		require.NoError(t, p.cmd.Start(), "starting worker %d", i)
 		procs[i] = p
 	}
-	var evs []workerEvent
+	var evs []E
 	for i, p := range procs {
 		require.NoError(t, p.cmd.Wait(), "worker %d: %s", i, p.err.String())
 		sc := bufio.NewScanner(&p.out)
 		sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
 		for sc.Scan() {
-			var e workerEvent
+			var e E
 			require.NoError(t, json.Unmarshal(sc.Bytes(), &e), "worker %d output line %q", i, sc.Text())
 			evs = append(evs, e)
 		}
