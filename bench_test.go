@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,34 +20,94 @@ import (
 // allowed decision with the floor: a bare SET NX PX on the same client.
 // Run with: go test -run '^$' -bench 'Redis|MemoryStore|DenyCache|AllowOverhead' -benchmem -count 6
 
+// BenchmarkMemoryStore measures decisions on the MemoryStore through the
+// public API, as a throttle without WithStore makes them: Keyed.Allow on
+// keys whose interval has passed (limit 1), Throttle.Allow on one key with
+// a limit no call reaches (limit 1<<20 per ms: the sliding window's list),
+// and denials with the deny cache off, so that the store answers.
 func BenchmarkMemoryStore(b *testing.B) {
 	ctx := context.Background()
-	for _, bc := range []struct {
+	admitted := func(d Decision, err error) error {
+		if err != nil || !d.Allowed {
+			return fmt.Errorf("not admitted: %+v, %v", d, err)
+		}
+		return nil
+	}
+	denied := func(d Decision, err error) error {
+		if err != nil || d.Allowed {
+			return fmt.Errorf("not denied: %+v, %v", d, err)
+		}
+		return nil
+	}
+	const memKeys = 1 << 15 // a key comes back after 32k calls: more than 1 ms
+	cases := []struct {
 		name string
-		req  Request
+		bind func(b *testing.B) func(i int) error // the i-th call of one goroutine
 	}{
-		// An interval of 1 ns has always passed: every Take is admitted.
-		{"allowed/limit1", Request{Interval: 1, Limit: 1}},
-		{"allowed/limit10", Request{Interval: 1, Limit: 10}},
-		{"denied/limit1", Request{Interval: time.Hour, Limit: 1}},
-		{"denied/limit10", Request{Interval: time.Hour, Limit: 10}},
-	} {
+		{"allowed/limit1", func(b *testing.B) func(int) error {
+			k, err := NewKeyed(time.Millisecond)
+			if err != nil {
+				b.Fatal(err)
+			}
+			keys := benchKeys("mem:", memKeys)
+			return func(i int) error { return admitted(k.Allow(ctx, keys[i%memKeys])) }
+		}},
+		{"allowed/limit1M", func(b *testing.B) func(int) error {
+			th, err := New("mem", time.Millisecond, WithLimit(1<<20))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func(int) error { return admitted(th.Allow(ctx)) }
+		}},
+		{"denied/limit1", deniedMemory(ctx, 1, denied)},
+		{"denied/limit10", deniedMemory(ctx, 10, denied)},
+	}
+	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
-			m := NewMemoryStore()
+			call := bc.bind(b)
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
-				_, _ = m.Take(ctx, "key", bc.req)
+				if err := call(i); err != nil {
+					b.Fatal(err)
+				}
+				i++
 			}
 		})
 		b.Run(bc.name+"/parallel", func(b *testing.B) {
-			m := NewMemoryStore()
 			b.ReportAllocs()
+			var mu sync.Mutex
 			b.RunParallel(func(pb *testing.PB) {
+				mu.Lock()
+				call := bc.bind(b) // each goroutine its own throttle and keys
+				mu.Unlock()
+				i := 0
 				for pb.Next() {
-					_, _ = m.Take(ctx, "key", bc.req)
+					if err := call(i); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
 				}
 			})
 		})
+	}
+}
+
+// deniedMemory binds a Throttle of limit on its MemoryStore whose hour is
+// used up, with the deny cache off.
+func deniedMemory(ctx context.Context, limit int, check func(Decision, error) error) func(*testing.B) func(int) error {
+	return func(b *testing.B) func(int) error {
+		th, err := New("mem", time.Hour, WithLimit(limit), WithDenyCache(false))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range limit {
+			if _, err := th.Allow(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return func(int) error { return check(th.Allow(ctx)) }
 	}
 }
 

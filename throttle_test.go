@@ -494,32 +494,38 @@ func TestFallbackLimitsLocallyWhileTheStoreFails(t *testing.T) {
 // throttled, not as ctx's error.
 func TestWaitBookedPastTheDeadlineIsThrottled(t *testing.T) {
 	m, _ := fakeMemory()
-	store := slowStore{MemoryStore: m, delay: 30 * time.Millisecond}
+	store := slowStore{MemoryStore: m, bookings: new(atomic.Int32)}
 	th, err := New("k", 100*time.Millisecond, WithStore(store))
 	require.NoError(t, err)
 	require.NoError(t, th.Wait(context.Background()))
-	// 120 ms left when Wait asks; the store books the start 100 ms ahead
-	// but answers 30 ms later, with at most 90 ms left.
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Millisecond)
+	// 500 ms left when Wait asks, far more than the 100 ms booking needs;
+	// the store books it, then answers only 10 ms before the deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	err = th.Wait(ctx)
 	var te *ThrottledError
 	require.ErrorAs(t, err, &te, "Wait whose booking falls past the deadline")
 	assert.Equal(t, 100*time.Millisecond, te.RetryAfter, "RetryAfter: the booked delay")
+	require.Positive(t, store.booked(), "the store booked the start (else the test shows nothing)")
 	res, err := m.Take(context.Background(), "k", Request{Interval: 100 * time.Millisecond, Limit: 1, MaxWait: time.Hour})
 	require.NoError(t, err)
 	assert.Equal(t, 100*time.Millisecond, res.Delay, "the booking was handed back")
 }
 
-// slowStore is a MemoryStore whose Take answers after delay of real time
-// (its own clock does not move).
+// slowStore is a MemoryStore whose Take, after booking a start, answers
+// only 10 ms before its ctx's deadline (its own clock does not move).
 type slowStore struct {
 	*MemoryStore
-	delay time.Duration
+	bookings *atomic.Int32
 }
+
+func (s slowStore) booked() int32 { return s.bookings.Load() }
 
 func (s slowStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
 	res, err := s.MemoryStore.Take(ctx, key, req)
-	time.Sleep(s.delay)
+	if deadline, ok := ctx.Deadline(); ok && res.OK && res.Delay > 0 {
+		s.bookings.Add(1)
+		time.Sleep(time.Until(deadline) - 10*time.Millisecond)
+	}
 	return res, err
 }

@@ -201,8 +201,9 @@ func (t *Transport) admit(ctx context.Context, key string) error {
 		if err := t.k.Wait(wctx, key); err != nil {
 			if ctx.Err() == nil && wctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) &&
 				!errors.Is(err, throttle.ErrStoreUnavailable) {
-				// The turn fell so close to the end of the wait that the
-				// wait ran out first.
+				// The Transport's own wait (wctx), not the request's
+				// context, ran out before Wait asked the store (after a
+				// hold, say): the request is throttled.
 				return &throttle.ThrottledError{Key: key}
 			}
 			return err
