@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"sort"
 	"sync"
 	"syscall"
 	"testing"
@@ -139,32 +138,13 @@ func runLeaseWorkers(t *testing.T, n int, spec leaseSpec) []leaseCall {
 }
 
 // maxInFlight returns the most calls whose [Start, End] overlap at one
-// instant, and the mean number in flight over span. An end at the same
-// nanosecond as a start counts first: a lease is released after its call's
-// end and taken before the next call's start.
+// instant, and the mean number in flight over span.
 func maxInFlight(calls []leaseCall, span time.Duration) (peak int, mean float64) {
-	type edge struct {
-		t int64
-		d int
+	spans := make([][2]int64, len(calls))
+	for i, c := range calls {
+		spans[i] = [2]int64{c.Start, c.End}
 	}
-	var edges []edge
-	var busy int64
-	for _, c := range calls {
-		edges = append(edges, edge{c.Start, +1}, edge{c.End, -1})
-		busy += c.End - c.Start
-	}
-	sort.Slice(edges, func(i, j int) bool {
-		if edges[i].t != edges[j].t {
-			return edges[i].t < edges[j].t
-		}
-		return edges[i].d < edges[j].d
-	})
-	n := 0
-	for _, e := range edges {
-		n += e.d
-		peak = max(peak, n)
-	}
-	return peak, float64(busy) / float64(span)
+	return simevent.InFlight(spans, span)
 }
 
 // checkLeaseCalls asserts the cap (and the rate, when spec has one) on the

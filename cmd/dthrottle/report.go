@@ -255,33 +255,9 @@ func (r *simResult) calls() [][2]int64 {
 }
 
 // inFlight returns the most calls in flight at one instant and the mean
-// over the run. At equal times a finish counts before a start.
+// over the run.
 func (r *simResult) inFlight() (peak int, mean float64) {
-	type edge struct {
-		t int64
-		d int
-	}
-	var edges []edge
-	var busy int64
-	for _, c := range r.calls() {
-		edges = append(edges, edge{c[0], 1}, edge{c[1], -1})
-		busy += c[1] - c[0]
-	}
-	sort.Slice(edges, func(i, j int) bool {
-		if edges[i].t != edges[j].t {
-			return edges[i].t < edges[j].t
-		}
-		return edges[i].d < edges[j].d
-	})
-	n := 0
-	for _, e := range edges {
-		n += e.d
-		peak = max(peak, n)
-	}
-	if r.span > 0 {
-		mean = float64(busy) / float64(r.span)
-	}
-	return peak, mean
+	return simevent.InFlight(r.calls(), r.span)
 }
 
 func waitText(s workerStats) string {

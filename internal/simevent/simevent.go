@@ -135,3 +135,36 @@ func Check(as []Admission, interval time.Duration, limit int, span time.Duration
 	}
 	return r
 }
+
+// InFlight returns the most calls in flight at one instant, each call a
+// [start, end] pair of Unix ns, and the mean number in flight over span
+// (0 for no span). An end at the same nanosecond as a start counts first:
+// a concurrency lease is released after its call's end and taken before
+// the next call's start.
+func InFlight(calls [][2]int64, span time.Duration) (peak int, mean float64) {
+	type edge struct {
+		t int64
+		d int
+	}
+	edges := make([]edge, 0, 2*len(calls))
+	var busy int64
+	for _, c := range calls {
+		edges = append(edges, edge{c[0], +1}, edge{c[1], -1})
+		busy += c[1] - c[0]
+	}
+	sort.Slice(edges, func(i, j int) bool {
+		if edges[i].t != edges[j].t {
+			return edges[i].t < edges[j].t
+		}
+		return edges[i].d < edges[j].d
+	})
+	n := 0
+	for _, e := range edges {
+		n += e.d
+		peak = max(peak, n)
+	}
+	if span > 0 {
+		mean = float64(busy) / float64(span)
+	}
+	return peak, mean
+}

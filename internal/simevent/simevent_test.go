@@ -54,3 +54,19 @@ func TestReadRoundTrip(t *testing.T) {
 	assert.Equal(t, in, out)
 	assert.Equal(t, []Admission{{3, 5}}, Admissions(out))
 }
+
+func TestInFlight(t *testing.T) {
+	// [0,10] and [5,15] overlap; [15,20] starts as [5,15] ends (the end
+	// counts first); [30,40] is alone.
+	calls := [][2]int64{{0, 10}, {5, 15}, {15, 20}, {30, 40}}
+	peak, mean := InFlight(calls, 40)
+	if peak != 2 {
+		t.Errorf("peak = %d, want 2", peak)
+	}
+	if want := 35.0 / 40; mean != want {
+		t.Errorf("mean = %v, want %v", mean, want)
+	}
+	if peak, mean := InFlight(nil, 0); peak != 0 || mean != 0 {
+		t.Errorf("InFlight(nil, 0) = %d, %v", peak, mean)
+	}
+}
