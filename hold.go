@@ -135,12 +135,9 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 		keys := append(s.slots(key, req.Limit), marker)
 		return s.run(ctx, holdScript, keys, hold, interval).Err()
 	}
-	// The marker first: a caller that sees no marker after its booked
-	// turn then knows that no hold was set before it looked.
-	if err := holdScript.Run(ctx, s.client, []string{marker}, hold, interval).Err(); err != nil {
-		return err
-	}
-	return windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "h", micros(req.Interval), req.Limit, micros(d)).Err()
+	// The window and the marker in one script, which ends both on the
+	// same whole millisecond.
+	return s.run(ctx, windowScript, []string{s.name(key, windowSuffix), marker}, "h", micros(req.Interval), req.Limit, micros(d)).Err()
 }
 
 // Held implements Holder, from the expiry of the key's hold record.

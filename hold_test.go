@@ -10,6 +10,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle/internal/redistest"
 )
 
 var (
@@ -309,5 +311,34 @@ func TestResetEndsAHold(t *testing.T) {
 			require.NoError(t, err)
 			assert.True(t, dec.Allowed, "%T limit %d: Allow after Reset of a hold", s, limit)
 		}
+	}
+}
+
+// TestHoldRecordEndsWithTheWindowsHold holds a limit above 64 on
+// redis-server and takes until a start is admitted: by then the hold has
+// ended, so Held, asked after that admission, must report none. A record
+// that outlasts the window's own hold would make a caller that reads Held
+// (the HTTP transport does) sleep and book again for nothing.
+func TestHoldRecordEndsWithTheWindowsHold(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: time.Second, Limit: 100}
+	for i := range 30 {
+		key := fmt.Sprintf("held-%d", i)
+		d := 2*time.Millisecond + time.Duration(i)*97*time.Microsecond
+		require.NoError(t, s.Hold(ctx, key, req, d))
+		deadline := time.Now().Add(time.Second)
+		for {
+			res, err := s.Take(ctx, key, req)
+			require.NoError(t, err)
+			if res.OK {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "hold of %v still denies after 1 s", d)
+		}
+		h, err := s.Held(ctx, key)
+		require.NoError(t, err)
+		require.Zero(t, h, "Held after a start was admitted (hold %v)", d)
 	}
 }

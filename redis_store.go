@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -306,30 +307,50 @@ func slotReservation(v []int64) Reservation {
 	}
 }
 
-// takeWindow decides a start of a limit above maxSlots with window.lua.
-// Reservation.Slot is the count of starts after this one, for Cancel.
+// takeWindow decides a start of a limit above maxSlots with window.lua,
+// or leased permits when req asks for them. Booking.At is the bucket a
+// booking was counted in, and Booking.Mark its random mark, for Cancel.
 func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (Reservation, error) {
-	v, err := windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)},
-		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval))).Int64Slice()
+	keys := []string{s.name(key, windowSuffix)}
+	if req.Permits > 1 && req.MaxWait <= 0 {
+		v, err := windowScript.Run(ctx, s.client, keys,
+			"p", micros(req.Interval), req.Limit, req.Permits, micros(req.Validity)).Int64Slice()
+		if err != nil {
+			return Reservation{}, err
+		}
+		if len(v) != 4 || v[0] < 0 || v[0] > int64(req.Permits) {
+			return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from window script", v)
+		}
+		return Reservation{OK: v[0] > 0, Permits: int(v[0]), RetryAfter: time.Duration(v[2]) * time.Microsecond}, nil
+	}
+	var mark uint64
+	if req.MaxWait > 0 {
+		mark = rand.Uint64()
+	}
+	v, err := windowScript.Run(ctx, s.client, keys,
+		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10)).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
 	if len(v) != 4 {
 		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from window script", v)
 	}
-	return Reservation{
+	res := Reservation{
 		OK:         v[0] == 1,
 		Delay:      time.Duration(v[1]) * time.Microsecond,
 		RetryAfter: time.Duration(v[2]) * time.Microsecond,
-		Slot:       v[3],
-	}, nil
+	}
+	if res.Delay > 0 {
+		res.Booking = Booking{At: v[3], Mark: mark}
+	}
+	return res, nil
 }
 
 func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Reservation) error {
 	var err error
 	if req.Limit > maxSlots {
-		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)},
-			"c", micros(req.Interval), req.Limit, strconv.FormatInt(res.Slot, 10)).Err()
+		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
+			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10)).Err()
 	} else {
 		i := int(res.Slot & 0xff)
 		if i >= req.Limit {

@@ -53,6 +53,15 @@ type Request struct {
 	// LeaseTTL is, for a Leaser's methods, how long a lease lasts after
 	// it is taken or renewed.
 	LeaseTTL time.Duration
+	// Permits, when above 1 (and MaxWait is 0), asks Take for up to that
+	// many starts at once, leased permits that the caller spends locally,
+	// each at most once, within Validity of sending the request. A store
+	// that grants them counts each as a start that may happen at any time
+	// in that span, and says how many it granted in Reservation.Permits;
+	// a store that ignores these fields decides one start now, as usual.
+	Permits int
+	// Validity is how long after the request leased permits may be spent.
+	Validity time.Duration
 }
 
 // A Clock tells the time. A Store that is also a Clock says that it keeps
@@ -80,6 +89,13 @@ type Reservation struct {
 	RetryAfter time.Duration
 	// Slot identifies the booking for Cancel. Its meaning is the store's.
 	Slot int64
+	// Booking names, when Delay > 0, the start that the store booked ahead,
+	// for Cancel. Its meaning is the store's.
+	Booking Booking
+	// Permits is, for a Take with Request.Permits above 1, the number of
+	// leased permits granted (OK is then true). 0 means an ordinary
+	// decision: one start, now or booked, as OK and Delay say.
+	Permits int
 	// Full reports, for a denial by a Leaser's TakeLease, that every lease
 	// was held while the rate would have admitted the call. RetryAfter is
 	// then the time until the earliest lease expires unless renewed: an
@@ -90,6 +106,21 @@ type Reservation struct {
 	// cached and before are what a booking raised the deny cache to, and
 	// from; set by the Throttle, not the store.
 	cached, before int64
+}
+
+// A Booking names one start that a Store booked ahead, for Cancel: where the
+// store counted it and a mark that no other booking of the key shares, so
+// that a Cancel that runs twice (a retried script), late, or after a Reset
+// never hands back another caller's booking. Its meaning is the store's.
+type Booking struct {
+	// At is where the store counted the start: RedisStore's slot (limits up
+	// to 64) or time bucket (above); MemoryStore's start time.
+	At int64
+	// Start is the booked start on the store's clock (RedisStore: server ms).
+	Start int64
+	// Mark is unique among the key's bookings (RedisStore: random, chosen by
+	// the caller of the script and matched as a string, never as a Lua number).
+	Mark uint64
 }
 
 // A Resetter is a Store that can forget a key, as Throttle.Reset and

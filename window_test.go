@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -150,4 +151,130 @@ func TestWindowBookings(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, again.OK)
 	assert.Equal(t, last.Delay, again.Delay, "booking after cancelling the newest takes its time")
+}
+
+// TestWindowCancelOutOfOrder hands back bookings of a limit above 64 out of
+// booking order, as a shared ctx that ends many waiters does: the newest
+// first, then an older one. Only a booking that is exactly the newest may
+// be handed back; any other cancel must leave the counts alone, or the
+// window goes below its true count and admits more than the limit once the
+// older bookings leave it. Every start (the calls admitted at once and the
+// bookings not handed back) is checked against the exact sliding window.
+func TestWindowCancelOutOfOrder(t *testing.T) {
+	const limit = 100
+	run := func(t *testing.T, s *RedisStore, interval time.Duration, elapsed func() time.Duration, sleepUntil func(time.Duration)) {
+		ctx := context.Background()
+		now := Request{Interval: interval, Limit: limit}
+		wait := Request{Interval: interval, Limit: limit, MaxWait: 3 * interval}
+		// Each start lies in [lo, hi]: the store decided between the
+		// caller's asking and its answer.
+		type span struct{ lo, hi time.Duration }
+		var starts []span
+		take := func(req Request) (Reservation, span) {
+			b := elapsed()
+			res, err := s.Take(ctx, "ooo", req)
+			require.NoError(t, err)
+			return res, span{b + res.Delay, elapsed() + res.Delay}
+		}
+		for i := range limit {
+			res, sp := take(now)
+			require.True(t, res.OK, "start %d", i)
+			starts = append(starts, sp)
+		}
+		var booked []Reservation
+		var at []span
+		for i := range limit + 1 {
+			res, sp := take(wait)
+			require.True(t, res.OK, "booking %d", i)
+			require.Positive(t, res.Delay, "booking %d", i)
+			booked = append(booked, res)
+			at = append(at, sp)
+		}
+		require.Greater(t, at[limit].lo, at[limit-1].hi+interval/2, "the last booking waits for the bookings before it to leave")
+		// The newest first (handed back), then the one before it: no
+		// longer the newest booking made, so it must not be handed back.
+		require.NoError(t, s.Cancel(ctx, "ooo", wait, booked[limit]))
+		require.NoError(t, s.Cancel(ctx, "ooo", wait, booked[limit-1]))
+		for i := range limit - 1 {
+			starts = append(starts, at[i]) // the bookings that were kept
+		}
+		starts = append(starts, at[limit-1]) // its cancel came too late
+		// Once the bookings have left the window, take as many as it admits.
+		sleepUntil(at[limit].hi + interval/50)
+		for i := range 2 * limit {
+			res, sp := take(now)
+			if !res.OK {
+				break
+			}
+			require.Less(t, i, limit+1, "admitted more than the limit at once")
+			starts = append(starts, sp)
+		}
+		// Starts that surely lie in [lo_i, lo_i + interval) never number
+		// more than the limit.
+		for _, first := range starts {
+			n := 0
+			for _, st := range starts {
+				if st.lo >= first.lo && st.hi < first.lo+interval {
+					n++
+				}
+			}
+			require.LessOrEqual(t, n, limit, "starts in the interval from %v", first.lo)
+		}
+	}
+	t.Run("miniredis", func(t *testing.T) {
+		mr, advance := fakeMiniredis(t)
+		c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { _ = c.Close() })
+		var clock time.Duration
+		run(t, NewRedisStore(c), time.Second, func() time.Duration { return clock },
+			func(d time.Duration) { advance(d - clock); clock = d })
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		c := redistest.Start(t).Client(t)
+		begin := time.Now()
+		// The times are the caller's; the store decided between them, so
+		// a violation here is off by at most the calls' round trips, far
+		// below the interval.
+		run(t, NewRedisStore(c), 400*time.Millisecond, func() time.Duration { return time.Since(begin) },
+			func(d time.Duration) { time.Sleep(time.Until(begin.Add(d))) })
+	})
+}
+
+// TestWindowCancelRunTwice replays the cancel of a booking, as go-redis
+// does when a script's reply is lost: once another booking has been made,
+// the replay must not hand that one back, nor take a start off its bucket.
+// Late cancels (after a reset) change nothing either.
+func TestWindowCancelRunTwice(t *testing.T) {
+	mr, advance := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: time.Second, Limit: 100, MaxWait: 2 * time.Second}
+	for range 100 {
+		res, err := s.Take(ctx, "twice", Request{Interval: req.Interval, Limit: req.Limit})
+		require.NoError(t, err)
+		require.True(t, res.OK)
+	}
+	cancel := func(res Reservation) int64 {
+		n, err := windowScript.Run(ctx, c, []string{s.name("twice", windowSuffix)}, "c", micros(req.Interval), req.Limit,
+			res.Booking.At, strconv.FormatUint(res.Booking.Mark, 10)).Int64()
+		require.NoError(t, err)
+		return n
+	}
+	a, err := s.Take(ctx, "twice", req)
+	require.NoError(t, err)
+	require.Positive(t, a.Delay)
+	assert.EqualValues(t, 1, cancel(a), "cancel of the newest booking")
+	assert.EqualValues(t, 0, cancel(a), "the same cancel run again")
+	b, err := s.Take(ctx, "twice", req)
+	require.NoError(t, err)
+	require.Equal(t, a.Booking.At, b.Booking.At, "the next booking takes the bucket back")
+	assert.EqualValues(t, 0, cancel(a), "a replayed cancel after the next booking")
+	advance(time.Millisecond)
+	assert.EqualValues(t, 1, cancel(b), "cancel of the newest booking")
+	b2, err := s.Take(ctx, "twice", req)
+	require.NoError(t, err)
+	require.NoError(t, s.Reset(ctx, "twice", req))
+	assert.EqualValues(t, 0, cancel(b2), "a cancel after Reset")
 }

@@ -24,13 +24,45 @@
 -- counted in its bucket or in l if that is later, and can be at most
 -- R - K - 3 buckets ahead, so that the list always fits the ring.
 --
--- ARGV[1]  op: 't' take, 'c' cancel, 'h' hold
+--   bk       "b:mark" of the newest booking, until it is handed back
+--
+-- A cancel hands back a booking only while it is exactly the newest one
+-- made (its mark, unique per booking, is in bk) and its bucket is still
+-- the newest of the list: taking one start off that bucket then undoes
+-- exactly what the booking added. Any other cancel (out of order, run a
+-- second time after a lost reply, after a reset, or once the bucket left
+-- the window) changes nothing, which costs only capacity.
+--
+-- Leased permits ('p'): g starts granted at once to a caller that spends
+-- each at most once, at any time s in [now, now + validity] (the caller
+-- times validity from before it sent the request, so s is never later).
+-- They are counted in the bucket of now + validity (or l if later): never
+-- before any of them is spent, so each leaves the window no earlier than
+-- it truly does. Safety: take any window (x - interval, x] and, of the
+-- starts in it, the one decided last, at time T <= x. Every other start
+-- in the window was counted by then, at a time c >= its start > x -
+-- interval >= T - interval, so it was still in the count at T (a bucket
+-- leaves only once its end is at or before T - interval). The decision
+-- at T admitted only while count + g <= N (g = 1 for a single start), so
+-- the window holds at most N. This needs s >= T for every start decided
+-- at T, which holds: a permit reaches its caller after the decision.
+-- In effect each permit occupies interval + validity (plus a bucket).
+--
+-- Times are TIME's, the server's clock in microseconds; expiries are set
+-- with PEXPIREAT on that same clock (PEXPIRE would count from the clock
+-- that Redis 7 freezes while a script runs).
+--
+-- KEYS[1]  the window hash; KEYS[2] (op 'h' only) the hold record
+-- ARGV[1]  op: 't' take, 'c' cancel, 'h' hold, 'p' permits
 -- ARGV[2]  interval in microseconds
 -- ARGV[3]  limit N
--- ARGV[4]  't': maxwait in microseconds; 'c': the booking's C; 'h': the
---          hold in microseconds
--- Returns, for 't', {ok, delay_us, retry_us, C}: C identifies the start
--- for a cancel. For 'c' and 'h', 1 or 0.
+-- ARGV[4]  't': maxwait in microseconds; 'c': the booking's bucket; 'h':
+--          the hold in microseconds; 'p': the most permits wanted (>= 1)
+-- ARGV[5]  't' and 'c': the booking's mark (digits, compared as a
+--          string); 'p': the validity in microseconds
+-- Returns, for 't', {ok, delay_us, retry_us, bucket}: bucket is where a
+-- booking was counted, for a cancel; for 'p', {granted, 0, retry_us, 0};
+-- for 'c' and 'h', 1 or 0.
 local K, R = 160, 640
 local key = KEYS[1]
 local op = ARGV[1]
@@ -58,7 +90,7 @@ local function field(b)
   return string.format('%d', b % R)
 end
 
-local v = redis.call('HMGET', key, 'c', 'h', 'hold')
+local v = redis.call('HMGET', key, 'c', 'h', 'hold', 'bk')
 local l, total, hb, base = -1, 0, -1, 0
 if v[1] then
   l, total = split(v[1])
@@ -97,36 +129,51 @@ local function expire(newest)
   if hold > last then
     last = hold
   end
-  redis.call('PEXPIRE', key, string.format('%d', math.ceil((last - now) / 1000) + 1))
+  redis.call('PEXPIREAT', key, string.format('%d', math.ceil(last / 1000)))
 end
 
 if op == 'h' then
-  local h = now + arg
+  -- The hold ends on a whole millisecond, so that the hold record, which
+  -- Redis keeps through its expiry millisecond, ends with it.
+  local h = math.ceil((now + arg) / 1000) * 1000
   if h > hold then
     hold = h
     redis.call('HSET', key, 'hold', string.format('%d', h))
     expire(math.max(l, cur))
   end
+  -- The record lives through millisecond h/1000 - 1 and is its value;
+  -- one written by hold.lua (value 'h') counts by its PTTL.
+  local rec, last = KEYS[2], h / 1000 - 1
+  local was = redis.call('GET', rec)
+  local upto = tonumber(was)
+  if was and not upto then
+    upto = math.floor(now / 1000) + redis.call('PTTL', rec)
+  end
+  if not upto or upto < last then
+    redis.call('SET', rec, string.format('%d', last))
+    redis.call('PEXPIREAT', rec, string.format('%d', last))
+  end
   return 1
 end
 
 if op == 'c' then
-  if l >= 0 and total == arg then
-    local val = string.format('%d:%d', l, total - 1)
-    redis.call('HSET', key, 'c', val, field(l), val .. ':-1')
-    return 1
+  if hb < 0 or v[4] ~= string.format('%d', l) .. ':' .. ARGV[5] or ARGV[4] ~= string.format('%d', l) then
+    return 0
   end
-  return 0
+  local val = string.format('%d:%d', l, total - 1)
+  redis.call('HSET', key, 'c', val, field(l), val .. ':-1')
+  redis.call('HDEL', key, 'bk')
+  return 1
 end
 
--- op 't': the earliest time at or after now where a start admits. The
--- count only falls as time passes (no start is added), so a window that
--- admits now admits later too.
-local target = total - limit + 1 -- admitted at t once base(t) >= target
-local at
-if base >= target then
-  at = math.max(now, hold)
-else
+-- earliest returns the earliest time at or after now where a start is
+-- admitted. The count only falls as time passes (no start is added), so a
+-- window that admits now admits later too.
+local function earliest()
+  local target = total - limit + 1 -- admitted at t once base(t) >= target
+  if base >= target then
+    return math.max(now, hold)
+  end
   -- The first bucket j of the list with C(j) >= target (C(l) = total is);
   -- the window admits from bucket j+D+1 on.
   local j, b = l, hb
@@ -141,8 +188,53 @@ else
     end
     b = en
   end
-  at = math.max((j + D + 1) * w, hold)
+  return math.max((j + D + 1) * w, hold)
 end
+
+-- count adds n starts to bucket into (at or after l), with extra fields
+-- to write in the same HSET.
+local function count(into, n, extra)
+  total = total + n
+  local val = string.format('%d:%d', into, total)
+  local fields = {'c', val, field(into), val .. ':-1'}
+  if into > l and l >= 0 then
+    fields[#fields + 1] = field(l)
+    fields[#fields + 1] = string.format('%d:%d:%d', l, total - n, into)
+  end
+  if hb < 0 then
+    hb, base = into, total - n
+  end
+  if hb ~= head0 then
+    fields[#fields + 1] = 'h'
+    fields[#fields + 1] = string.format('%d:%d', hb, base)
+  end
+  for _, f in ipairs(extra) do
+    fields[#fields + 1] = f
+  end
+  -- HSET adds no field when the starts join the newest bucket and the
+  -- key is there; otherwise the key's expiry moves.
+  if redis.call('HSET', key, unpack(fields)) > 0 or into ~= l then
+    expire(into)
+  end
+end
+
+local at = earliest()
+
+if op == 'p' then
+  if at > now then
+    return {0, 0, at - now, 0}
+  end
+  local free = limit - (total - base)
+  local g = math.min(arg, free)
+  if g > 1 then
+    -- A share of what is free, so that one caller cannot take it all.
+    g = math.min(g, math.ceil(free / 2))
+  end
+  count(math.max(math.floor((now + tonumber(ARGV[5])) / w), l), g, {})
+  return {g, 0, 0, 0}
+end
+
+-- op 't'
 local b = math.floor(at / w)
 local delay = at - now
 if delay > arg then
@@ -152,27 +244,12 @@ local cap = R - K - 3
 if b - cur > cap then
   return {0, 0, delay - cap * w, 0}
 end
--- Count the start in bucket max(b, l): never before it happens.
+-- Count the start in bucket max(b, l): never before it happens. A
+-- booking is recorded as the newest, for a cancel.
 local into = math.max(b, l)
-total = total + 1
-local val = string.format('%d:%d', into, total)
-local fields = {'c', val, field(into), val .. ':-1'}
-if into > l and l >= 0 then
-  fields[#fields + 1] = field(l)
-  fields[#fields + 1] = string.format('%d:%d:%d', l, total - 1, into)
+local extra = {}
+if delay > 0 then
+  extra = {'bk', string.format('%d', into) .. ':' .. ARGV[5]}
 end
-if hb < 0 then
-  hb, base = into, total - 1
-end
-if hb ~= head0 then
-  fields[#fields + 1] = 'h'
-  fields[#fields + 1] = string.format('%d:%d', hb, base)
-end
--- HSET adds no field when the start joins the newest bucket and the key
--- is there; otherwise the key's expiry moves (or the key expired during
--- the script, which Redis, whose clock stops while a script runs, never
--- does).
-if redis.call('HSET', key, unpack(fields)) > 0 or into ~= l then
-  expire(into)
-end
-return {1, delay, 0, total}
+count(into, 1, extra)
+return {1, delay, 0, into}
