@@ -97,9 +97,9 @@ func (k *Keyed) entry(key string) *entry {
 	defer sh.mu.Unlock()
 	if e = sh.m[key]; e == nil {
 		if now := k.c.now(); sh.sw.due(len(sh.m), now) {
-			// An entry whose deny cache ran out holds nothing that a
-			// new one would not.
-			sh.m = sweep(&sh.sw, sh.m, now, func(e *entry) bool { return e.deniedUntil.Load() <= now })
+			// An entry whose deny cache ran out and that holds no
+			// leased permits holds nothing that a new one would not.
+			sh.m = sweep(&sh.sw, sh.m, now, func(e *entry) bool { return e.deniedUntil.Load() <= now && !e.permitsLive() })
 		}
 		e = new(entry)
 		sh.m[key] = e

@@ -42,6 +42,8 @@ type config struct {
 	concurrency    int
 	concurrencySet bool
 	leaseTTL       time.Duration
+	// permitBatch is WithPermitBatch's n; 0 when not set.
+	permitBatch int
 }
 
 // defaultConfig returns the configuration that the options modify.
@@ -148,6 +150,27 @@ func WithLeaseTTL(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.leaseTTL = d })
 }
 
+// WithPermitBatch sets the most leased permits that one store round trip
+// may take for a key, and n = 1 turns leased permits off.
+//
+// With a limit above 64 on a RedisStore, a process that calls a key often
+// asks the store for several starts at once and spends them locally, each
+// at most once, within interval/64 of sending the request; the store counts
+// each as a start at any time in that span, so the limit stays exact across
+// every process. The batch follows this process's own demand for the key
+// (1, an ordinary decision, while it is low) and the store grants at most
+// half of what is free, so one process cannot take the whole window. The
+// cost is about 1/64 of the capacity, plus permits not spent in time.
+// Limits up to 64, the memory store, throttletest.Store and throttles with
+// WithConcurrency never batch. A call that waits (WithWait, Wait) spends a
+// permit when one is at hand and otherwise books as usual. Hold and Reset
+// stop this process's permits at once, and other processes' within
+// interval/64. n must not be negative; 0 means the default.
+// Default: at most limit/8 per round trip.
+func WithPermitBatch(n int) Option {
+	return optionFunc(func(c *config) { c.permitBatch = n })
+}
+
 // DefaultLeaseTTL is the lease TTL when WithLeaseTTL is not given.
 const DefaultLeaseTTL = 10 * time.Second
 
@@ -195,6 +218,8 @@ func validate(interval time.Duration, c *config) error {
 		return fmt.Errorf("throttle: fallback limit %d is above %d", c.fallback, MaxLimit)
 	case c.timeout < 0:
 		return fmt.Errorf("throttle: negative timeout %v", c.timeout)
+	case c.permitBatch < 0:
+		return fmt.Errorf("throttle: negative permit batch %d", c.permitBatch)
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout

@@ -30,6 +30,9 @@ type Event struct {
 	RetryAfter time.Duration
 	// Cached reports whether the deny cache answered, without the store.
 	Cached bool
+	// Permit reports whether a leased permit answered, without the store
+	// (see WithPermitBatch).
+	Permit bool
 	// Err is the store's failure, if any (then Allowed is the policy's
 	// choice: false, or true with WithFailOpen).
 	Err error
@@ -209,6 +212,7 @@ type core struct {
 	epoch     time.Time    // origin of now
 	deadlines *deadlines   // bounds each store decision by the timeout
 	clock     Clock        // the store's clock, if it has one; nil otherwise
+	permits   *permitPolicy // leased permits; nil when the core has none
 }
 
 // entry is the local state of one key: its deny cache. Until deniedUntil
@@ -216,6 +220,7 @@ type core struct {
 // deny a start.
 type entry struct {
 	deniedUntil atomic.Int64
+	permits     atomic.Pointer[permitPool] // nil unless the core batches
 }
 
 func newCore(interval time.Duration, opts []Option) (*core, error) {
@@ -240,6 +245,7 @@ func newCore(interval time.Duration, opts []Option) (*core, error) {
 	if cfg.fallback > 0 {
 		c.fallback = NewMemoryStore()
 	}
+	c.permits = newPermitPolicy(interval, &cfg, local)
 	return c, nil
 }
 
@@ -359,6 +365,7 @@ func (c *core) reset(ctx context.Context, key string, e *entry) error {
 	}
 	if e != nil {
 		e.deniedUntil.Store(0)
+		e.dropPermits()
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -421,6 +428,13 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if c.cfg.observer != nil {
 		start = c.start(begin)
 	}
+	if c.permits != nil && e.spendPermit() {
+		res := Reservation{OK: true}
+		if c.cfg.observer != nil {
+			c.observeEvent(key, res, false, true, nil, start)
+		}
+		return res, nil
+	}
 	if c.cfg.denyCache {
 		if until := e.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
 			res := Reservation{RetryAfter: time.Duration(until - begin)}
@@ -435,9 +449,14 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 	}
 	var res Reservation
 	var err error
-	if c.local {
+	switch {
+	case c.local:
 		res, err = c.cfg.store.Take(ctx, key, c.request(maxWait))
-	} else {
+	case c.permits != nil && maxWait == 0:
+		cctx, cancel := c.deadlines.bound(ctx)
+		res, err = c.takePermit(cctx, key, e, c.request(0))
+		cancel()
+	default:
 		cctx, cancel := c.deadlines.bound(ctx)
 		res, err = c.cfg.store.Take(cctx, key, c.request(maxWait))
 		cancel()
@@ -479,12 +498,17 @@ func (c *core) learn(e *entry, res *Reservation, begin int64) {
 }
 
 func (c *core) observe(key string, res Reservation, cached bool, err error, start time.Time) {
+	c.observeEvent(key, res, cached, false, err, start)
+}
+
+func (c *core) observeEvent(key string, res Reservation, cached, permit bool, err error, start time.Time) {
 	c.cfg.observer(Event{
 		Key:        key,
 		Allowed:    res.OK || (err != nil && c.degraded(key, res, err) == nil),
 		Delay:      res.Delay,
 		RetryAfter: res.RetryAfter,
 		Cached:     cached,
+		Permit:     permit,
 		Err:        err,
 		Latency:    time.Since(start),
 	})

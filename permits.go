@@ -1,0 +1,202 @@
+package throttle
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Leased permits: for a limit above maxSlots, a process asks the store for
+// several starts at once and spends them locally, each at most once, within
+// a short validity timed from before the request was sent (see
+// scripts/window.lua for why the limit still holds exactly, across every
+// process). The batch size follows this process's own demand for the key:
+// 1 while it is low, which is an ordinary decision with nothing wasted.
+
+// permitShare is the validity of leased permits as a share of the interval:
+// each permit counts as if it lasted interval + interval/permitShare, so
+// about 1/permitShare of the capacity is the cost of batching.
+const permitShare = 64
+
+// minPermitValidity is the shortest validity that batching is used with; a
+// shorter one (an interval below 32 ms) would end before a round trip.
+const minPermitValidity = 500 * time.Microsecond
+
+// permitPolicy is a core's use of leased permits; nil when it has none.
+type permitPolicy struct {
+	validity time.Duration // what the store is told
+	spend    int64         // ns on mono after sending: the local validity
+	max      int           // the largest batch asked for
+}
+
+// newPermitPolicy returns the permit policy of a throttle, or nil when it
+// does not batch: a limit of at most maxSlots, a store that never blocks,
+// a store with a clock of its own (throttletest), WithPermitBatch(1), or an
+// interval too short.
+func newPermitPolicy(interval time.Duration, cfg *config, local bool) *permitPolicy {
+	_, clock := cfg.store.(Clock)
+	if cfg.limit <= maxSlots || local || clock || cfg.permitBatch == 1 || cfg.concurrencySet {
+		return nil
+	}
+	d := interval / permitShare
+	if d < minPermitValidity {
+		return nil
+	}
+	most := cfg.permitBatch
+	if most == 0 {
+		most = max(cfg.limit/8, 2)
+	}
+	// The local validity ends a little early: the monotonic clock of this
+	// process may run slower than the store's by far less than 1/256.
+	return &permitPolicy{validity: d, spend: int64(d - d/256), max: most}
+}
+
+// permitPool holds one key's leased permits in this process.
+type permitPool struct {
+	batch atomic.Pointer[permitBatch]
+
+	misses atomic.Int64 // calls that found no permit since the last refill
+
+	mu     sync.Mutex
+	flight *permitFlight // the refill in flight, if any
+	sent   int64         // mono when the last refill was sent
+	got    int64         // permits that refill gave this process
+}
+
+// permitBatch is the permits of one grant: each is spent by taking one off
+// left, and only before until (ns on mono).
+type permitBatch struct {
+	left  atomic.Int64
+	until int64
+}
+
+// permitFlight is one refill in flight; done is closed when it has ended,
+// and res and err are its outcome then.
+type permitFlight struct {
+	done chan struct{}
+	res  Reservation
+	err  error
+}
+
+// spend takes one permit of b, if b has one that is still valid. The clock
+// is read after the permit is taken, so the start it admits is never later
+// than the check.
+func (b *permitBatch) spend() bool {
+	return b != nil && b.left.Add(-1) >= 0 && mono() < b.until
+}
+
+// pool returns e's permit pool, made if missing.
+func (e *entry) pool() *permitPool {
+	if p := e.permits.Load(); p != nil {
+		return p
+	}
+	e.permits.CompareAndSwap(nil, new(permitPool))
+	return e.permits.Load()
+}
+
+// spendPermit spends one of e's leased permits, if it has one.
+func (e *entry) spendPermit() bool {
+	p := e.permits.Load()
+	return p != nil && p.batch.Load().spend()
+}
+
+// dropPermits stops e's permits from being spent (after a hold or reset).
+func (e *entry) dropPermits() {
+	if p := e.permits.Load(); p != nil {
+		p.batch.Store(nil)
+	}
+}
+
+// permitsLive reports whether e holds permits or a refill, which a sweep
+// of Keyed's entries must keep.
+func (e *entry) permitsLive() bool {
+	p := e.permits.Load()
+	if p == nil {
+		return false
+	}
+	if b := p.batch.Load(); b != nil && mono() < b.until {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flight != nil
+}
+
+// want returns the batch to ask for at now, from the demand since the last
+// refill was sent (the permits spent and the calls that found none), at
+// that rate over one validity and a quarter more, between 1 and pol.max.
+// The first refill asks for 1.
+func (p *permitPool) want(pol *permitPolicy, now int64) int {
+	demand := p.misses.Swap(0)
+	if p.sent == 0 {
+		return 1
+	}
+	demand += p.got - 1 // the refill's own call is among the misses
+	if b := p.batch.Load(); b != nil {
+		demand -= max(b.left.Load(), 0)
+	}
+	elapsed := max(now-p.sent, 1)
+	k := float64(demand) * float64(pol.validity) / float64(elapsed) * 1.25
+	return int(min(max(k, 1), float64(pol.max)))
+}
+
+// takePermit decides one start of key with leased permits: a permit of a
+// refill that another goroutine has in flight, or a refill of its own. A
+// refill of one permit is an ordinary decision. req is the request of an
+// ordinary decision (no wait).
+func (c *core) takePermit(ctx context.Context, key string, e *entry, req Request) (Reservation, error) {
+	p := e.pool()
+	for {
+		p.misses.Add(1)
+		p.mu.Lock()
+		if f := p.flight; f != nil {
+			p.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return Reservation{}, ctx.Err()
+			}
+			if p.batch.Load().spend() {
+				return Reservation{OK: true}, nil
+			}
+			if f.err != nil || !f.res.OK {
+				return f.res, f.err // the same answer for every waiter
+			}
+			continue // others spent the batch first: refill again
+		}
+		f := &permitFlight{done: make(chan struct{})}
+		p.flight = f
+		now := mono()
+		k := p.want(c.permits, now)
+		p.sent = now
+		p.mu.Unlock()
+
+		r := req
+		if k > 1 {
+			r.Permits, r.Validity = k, c.permits.validity
+		}
+		res, err := c.cfg.store.Take(ctx, key, r)
+		got := int64(0)
+		if err == nil && res.OK {
+			got = 1
+			if res.Permits > 1 {
+				got = int64(res.Permits)
+				b := &permitBatch{until: now + c.permits.spend}
+				b.left.Store(got - 1) // one is this call's
+				p.batch.Store(b)
+			}
+		}
+		p.mu.Lock()
+		p.got = got
+		f.res, f.err = res, err
+		p.flight = nil
+		p.mu.Unlock()
+		close(f.done)
+		if got > 1 && mono() >= now+c.permits.spend {
+			// The reply came after the permits' validity: none is spent.
+			return Reservation{RetryAfter: 0}, nil
+		}
+		return res, err
+	}
+}
