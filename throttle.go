@@ -207,11 +207,11 @@ var errEmptyKey = errors.New("throttle: empty key")
 type core struct {
 	interval  time.Duration
 	cfg       config
-	local     bool         // the store never blocks: no timeout needed
-	fallback  *MemoryStore // decides while the store cannot (WithFallback)
-	epoch     time.Time    // origin of now
-	deadlines *deadlines   // bounds each store decision by the timeout
-	clock     Clock        // the store's clock, if it has one; nil otherwise
+	local     bool          // the store never blocks: no timeout needed
+	fallback  *MemoryStore  // decides while the store cannot (WithFallback)
+	epoch     time.Time     // origin of now
+	deadlines *deadlines    // bounds each store decision by the timeout
+	clock     Clock         // the store's clock, if it has one; nil otherwise
 	permits   *permitPolicy // leased permits; nil when the core has none
 }
 
