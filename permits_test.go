@@ -1,14 +1,19 @@
 package throttle
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -137,4 +142,233 @@ func TestPermitsKeepTheLimit(t *testing.T) {
 		}
 		assert.Positive(t, total, "windows over the limit when the store counts a batch at its request")
 	})
+}
+
+// opLog is a go-redis hook that counts the window script's calls by op
+// (a NOSCRIPT reply, which go-redis follows with EVAL, does not count).
+type opLog struct {
+	mu  sync.Mutex
+	ops map[string]int
+}
+
+func (h *opLog) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *opLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		n := strings.ToLower(cmd.Name())
+		if (n == "evalsha" || n == "eval") && len(args) > 4 && (err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT")) {
+			h.mu.Lock()
+			if h.ops == nil {
+				h.ops = map[string]int{}
+			}
+			h.ops[fmt.Sprint(args[4])]++
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+
+func (h *opLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *opLog) count(op string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ops[op]
+}
+
+// TestPermitsAcrossThrottles runs four throttles (as four processes would)
+// of eight goroutines each on one key of 2000 per 100 ms on redis-server,
+// calling Allow as fast as they can. Every admitted call started between
+// its Allow's beginning and end, so N+1 admissions prove a violation only
+// when they all began and ended within one interval: there are none. The
+// batches take far fewer script calls than admissions.
+func TestPermitsAcrossThrottles(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	var ops opLog
+	c.AddHook(&ops)
+	const limit, procs, goroutines = 2000, 4, 8
+	interval := 100 * time.Millisecond
+	var local atomic.Int64
+	observer := func(ev Event) {
+		if ev.Permit {
+			local.Add(1)
+		}
+	}
+	type span struct{ lo, hi time.Duration }
+	var mu sync.Mutex
+	var starts []span
+	epoch := time.Now()
+	end := epoch.Add(6 * interval)
+	var wg sync.WaitGroup
+	for range procs {
+		th, err := New("hot", interval, WithLimit(limit), WithStore(NewRedisStore(c)), WithObserver(observer))
+		require.NoError(t, err)
+		for range goroutines {
+			wg.Go(func() {
+				var mine []span
+				for time.Now().Before(end) {
+					b := time.Since(epoch)
+					d, err := th.Allow(context.Background())
+					if err != nil {
+						t.Errorf("Allow: %v", err)
+						return
+					}
+					if d.Allowed {
+						mine = append(mine, span{b, time.Since(epoch)})
+					}
+				}
+				mu.Lock()
+				starts = append(starts, mine...)
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	slices.SortFunc(starts, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	violations := 0
+	for i, first := range starts {
+		n := 0
+		for _, st := range starts[i:] {
+			if st.lo >= first.lo+interval {
+				break
+			}
+			if st.hi < first.lo+interval {
+				n++
+			}
+		}
+		if n > limit {
+			violations++
+		}
+	}
+	calls := ops.count("t") + ops.count("p")
+	t.Logf("%d admitted (%.0f%% of %d intervals' limit), %d from local permits, %d script calls (%d batches)",
+		len(starts), 100*float64(len(starts))/float64(6*limit), 6, local.Load(), calls, ops.count("p"))
+	assert.Zero(t, violations, "windows provably over the limit")
+	assert.Greater(t, len(starts), 2*limit, "admitted over six intervals")
+	assert.Positive(t, ops.count("p"), "batches asked for")
+	assert.Less(t, calls, len(starts)/4, "script calls for %d admissions", len(starts))
+}
+
+// TestPermitsQuietCallerAsksOne checks that a caller whose demand is below
+// one call per validity never asks for a batch: its decisions are ordinary
+// and waste nothing.
+func TestPermitsQuietCallerAsksOne(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	var ops opLog
+	c.AddHook(&ops)
+	interval := 640 * time.Millisecond // validity 10 ms
+	th, err := New("quiet", interval, WithLimit(1000), WithStore(NewRedisStore(c)))
+	require.NoError(t, err)
+	for i := range 5 {
+		d, err := th.Allow(context.Background())
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "call %d", i)
+		time.Sleep(30 * time.Millisecond)
+	}
+	assert.Equal(t, 5, ops.count("t"), "ordinary decisions")
+	assert.Zero(t, ops.count("p"), "batches")
+}
+
+// TestPermitsHoldStopsSpending checks that Hold stops this process's
+// permits at once, and another process's by the end of their validity:
+// no call of the other throttle that began later than that is admitted.
+func TestPermitsHoldStopsSpending(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	interval := 640 * time.Millisecond // validity 10 ms
+	validity := interval / permitShare
+	var local atomic.Int64
+	opts := []Option{WithLimit(1_000_000), WithStore(NewRedisStore(c)), WithObserver(func(ev Event) {
+		if ev.Permit {
+			local.Add(1)
+		}
+	})}
+	a, err := New("held", interval, opts...)
+	require.NoError(t, err)
+	b, err := New("held", interval, opts...)
+	require.NoError(t, err)
+	ctx := context.Background()
+	// Both take batches.
+	for range 2000 {
+		for _, th := range []*Throttle{a, b} {
+			d, err := th.Allow(ctx)
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+		}
+	}
+	require.Positive(t, local.Load(), "calls answered by permits")
+	stop := make(chan struct{})
+	var lastBegin atomic.Int64 // of b's admitted calls, ns since epoch
+	epoch := time.Now()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			begin := time.Since(epoch)
+			if d, err := b.Allow(ctx); err == nil && d.Allowed {
+				lastBegin.Store(int64(begin))
+			}
+		}
+	})
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, a.Hold(ctx, time.Minute))
+	held := time.Since(epoch)
+	d, err := a.Allow(ctx)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "Allow of the holder right after its Hold")
+	time.Sleep(5 * validity)
+	close(stop)
+	wg.Wait()
+	assert.Less(t, time.Duration(lastBegin.Load()), held+validity, "the other throttle's last admitted call began after the hold plus the validity")
+}
+
+// TestPermitBatchOne turns leased permits off: every decision is ordinary.
+func TestPermitBatchOne(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	var ops opLog
+	c.AddHook(&ops)
+	th, err := New("off", time.Second, WithLimit(1000), WithStore(NewRedisStore(c)), WithPermitBatch(1))
+	require.NoError(t, err)
+	for range 300 {
+		_, err := th.Allow(context.Background())
+		require.NoError(t, err)
+	}
+	assert.Equal(t, 300, ops.count("t"), "ordinary decisions")
+	assert.Zero(t, ops.count("p"), "batches")
+}
+
+// TestPermitsKeyed checks that each key of a Keyed has its own permits:
+// batches on a hot key, none on a quiet one, and the limit of each.
+func TestPermitsKeyed(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	var ops opLog
+	c.AddHook(&ops)
+	k, err := NewKeyed(time.Second, WithLimit(500), WithStore(NewRedisStore(c)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	admitted := map[string]int{}
+	for range 2000 {
+		for _, key := range []string{"a", "b"} {
+			d, err := k.Allow(ctx, key)
+			require.NoError(t, err)
+			if d.Allowed {
+				admitted[key]++
+			}
+		}
+	}
+	assert.Equal(t, 500, admitted["a"], "admitted of key a within its first interval")
+	assert.Equal(t, 500, admitted["b"], "admitted of key b within its first interval")
+	assert.Positive(t, ops.count("p"), "batches")
+	assert.Less(t, ops.count("p")+ops.count("t"), 200, "script calls for 1000 admissions")
 }

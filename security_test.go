@@ -75,9 +75,9 @@ func TestTLS(t *testing.T) {
 // aclCommands are the commands a RedisStore needs: SET (SET NX PX) on the
 // hot path, EVALSHA and EVAL (after a script cache loss) for the scripts,
 // PTTL for Held, DEL for Reset, and the commands the scripts call (the hash
-// commands only for limits above 64, HGET only when they deny or book, TYPE
-// only for a slot without an expiry).
-var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "pexpire", "hmget", "hset", "hget"}
+// commands only for limits above 64, HGET only when they deny or book, HDEL
+// only for a cancel, TYPE only for a slot without an expiry).
+var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "pexpire", "hmget", "hset", "hget", "hdel"}
 
 // aclLeaseCommands are the commands a RedisStore needs besides
 // aclCommands for WithConcurrency: lease.lua's sorted set and wake-up list,
@@ -196,6 +196,13 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			again, err := s.Take(ctx, "acl/book100", req)
 			if err != nil || !again.OK || again.Delay > res.Delay {
 				return fmt.Errorf("booking after cancel: %+v (cancelled %+v), %v", again, res, err)
+			}
+			return nil
+		}},
+		{"limit 100: leased permits (window.lua)", func() error {
+			req := Request{Interval: time.Hour, Limit: 100, Permits: 10, Validity: time.Minute}
+			if res, err := s.Take(ctx, "acl/permits", req); err != nil || res.Permits < 1 {
+				return fmt.Errorf("permits: %+v, %v", res, err)
 			}
 			return nil
 		}},

@@ -39,6 +39,7 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"typed nil store of another package's type", "k", time.Second, []Option{WithStore((*ptrStore)(nil))}, "throttle: nil store"},
 		{"negative wait", "k", time.Second, []Option{WithWait(-time.Millisecond)}, "throttle: negative wait -1ms"},
 		{"negative timeout", "k", time.Second, []Option{WithTimeout(-time.Second)}, "throttle: negative timeout -1s"},
+		{"negative permit batch", "k", time.Second, []Option{WithPermitBatch(-1)}, "throttle: negative permit batch -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
