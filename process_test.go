@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,6 +63,11 @@ type workerSpec struct {
 	Wait         time.Duration `json:"wait"`
 	Duration     time.Duration `json:"duration"`
 	ID           int           `json:"id"`
+	// Goroutines is the number of goroutines that call each key (default 1).
+	Goroutines int `json:"goroutines,omitempty"`
+	// Hoard makes the worker call until a leased permit answers, print
+	// one line, and then sleep holding the rest of its batch unspent.
+	Hoard bool `json:"hoard,omitempty"`
 }
 
 // workerEvent is one event line of a worker: a simevent line plus the index
@@ -106,6 +112,9 @@ func runWorker() error {
 		_ = enc.Encode(e)
 	}
 	opts := []Option{WithStore(NewRedisStore(c)), WithLimit(spec.Limit), WithWait(spec.Wait), WithTimeout(time.Second)}
+	if spec.Hoard {
+		return hoard(spec, opts)
+	}
 	var keyed *Keyed
 	if spec.Keyed {
 		var err error
@@ -113,7 +122,8 @@ func runWorker() error {
 			return err
 		}
 	}
-	errc := make(chan error, len(keys))
+	g := max(spec.Goroutines, 1)
+	errc := make(chan error, g*len(keys))
 	for i, key := range keys {
 		var d decider
 		if keyed != nil {
@@ -125,13 +135,51 @@ func runWorker() error {
 			}
 			d = th
 		}
-		go func() { errc <- runWorkerKey(d, spec, i, emit) }()
+		for range g {
+			go func() { errc <- runWorkerKey(d, spec, i, emit) }()
+		}
 	}
 	var errs []error
-	for range keys {
+	for range g * len(keys) {
 		errs = append(errs, <-errc)
 	}
 	return errors.Join(errs...)
+}
+
+// hoard is a worker that calls until it holds a batch of at least a
+// quarter of the limit in leased permits, printing its admitted starts,
+// then prints "hoarding" with the permits it holds and sleeps until it is
+// killed.
+func hoard(spec workerSpec, opts []Option) error {
+	opts = append(opts, WithPermitBatch(spec.Limit/2))
+	th, err := New(spec.Key, spec.Interval, opts...)
+	if err != nil {
+		return err
+	}
+	held := func() int64 {
+		if p := th.e.permits.Load(); p != nil {
+			if b := p.batch.Load(); b != nil && mono() < b.until {
+				return b.left.Load()
+			}
+		}
+		return 0
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for held() < int64(spec.Limit/4) {
+		asked := time.Now()
+		d, err := th.Allow(context.Background())
+		if err != nil {
+			return err
+		}
+		if d.Allowed {
+			now := time.Now()
+			_ = enc.Encode(workerEvent{Event: simevent.Event{TUnixNs: now.UnixNano(), AskedUnixNs: asked.UnixNano(),
+				Worker: spec.ID, PID: os.Getpid(), Event: simevent.Start}})
+		}
+	}
+	fmt.Printf(`{"event":"hoarding","key_index":%d}`+"\n", held())
+	time.Sleep(time.Hour)
+	return nil
 }
 
 // decider is a Throttle, or one key of a Keyed.
@@ -301,6 +349,15 @@ func TestCrossProcess(t *testing.T) {
 		{"limit 100 per 500ms", 500 * time.Millisecond, 100, 0},
 		{"limit 100 per 500ms waiting", 500 * time.Millisecond, 100, time.Second},
 	}
+	// Leased permits: a limit of 2000 per 200 ms, eight goroutines per
+	// worker on one key (see TestCrossProcessPermits for more).
+	permitCases := []struct {
+		name     string
+		interval time.Duration
+		limit    int
+	}{
+		{"permits limit 2000 per 200ms, 8 goroutines", 200 * time.Millisecond, 2000},
+	}
 	const workers = 4
 	const duration = 1500 * time.Millisecond
 	for _, srv := range servers {
@@ -308,6 +365,16 @@ func TestCrossProcess(t *testing.T) {
 			t.Run(srv.name+"/"+c.name, func(t *testing.T) {
 				spec := workerSpec{Addr: srv.addr, Key: "xproc:" + t.Name(), Interval: c.interval,
 					Limit: c.limit, Wait: c.wait, Duration: duration}
+				evs := runWorkers(t, workers, spec)
+				checkWorkerEvents(t, evs, workers, c.interval, c.limit, duration)
+			})
+		}
+	}
+	for _, srv := range servers {
+		for _, c := range permitCases {
+			t.Run(srv.name+"/"+c.name, func(t *testing.T) {
+				spec := workerSpec{Addr: srv.addr, Key: "xproc:" + t.Name(), Interval: c.interval,
+					Limit: c.limit, Duration: duration, Goroutines: 8}
 				evs := runWorkers(t, workers, spec)
 				checkWorkerEvents(t, evs, workers, c.interval, c.limit, duration)
 			})
@@ -436,4 +503,63 @@ func TestCrossProcessCheckCatchesOverAdmission(t *testing.T) {
 	}
 	r := simevent.Check(append(first, second...), spec.Interval, 1, spec.Duration)
 	assert.Positive(t, r.Violations, "two unshared throttles over %d starts: violations", len(as))
+}
+
+// TestCrossProcessPermitHolderKilled SIGKILLs a worker process that holds
+// unspent leased permits, then runs workers on the same key: no window of
+// the hoarder's and the workers' starts provably exceeds the limit, and the
+// capacity the dead process held comes back once its batch leaves the
+// window, one interval and the validity after it was taken.
+func TestCrossProcessPermitHolderKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cross-process test skipped in -short mode")
+	}
+	srv := redistest.Start(t)
+	interval, limit := 200*time.Millisecond, 2000
+	spec := workerSpec{Addr: srv.Addr, Key: "xproc:hoard", Interval: interval, Limit: limit, Hoard: true}
+	cmd := workerCmd(t, workerEnv, spec)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var evs []simevent.Event
+	sc := bufio.NewScanner(out)
+	hoarding := false
+	for sc.Scan() {
+		var e workerEvent
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &e), "hoarder line %q", sc.Text())
+		if e.Event.Event == "hoarding" {
+			hoarding = true
+			t.Logf("the hoarder holds %d permits", e.KeyIndex)
+			break
+		}
+		evs = append(evs, e.Event)
+	}
+	require.True(t, hoarding, "the hoarder took no batch: %s", stderr.String())
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	killed := time.Now()
+	_ = cmd.Wait()
+	hoarded := len(evs)
+
+	workers := runWorkers(t, 2, workerSpec{Addr: srv.Addr, Key: spec.Key, Interval: interval, Limit: limit,
+		Duration: 3 * interval, Goroutines: 4})
+	evs = append(evs, workers...)
+	as := simevent.Admissions(evs)
+	r := simevent.Check(as, interval, limit, 3*interval)
+	// The batch the hoarder holds was counted at most one validity and a
+	// bucket after it was taken, before the kill; it has left the window
+	// one interval later. Allow the workers a generous time to fill it.
+	freed := killed.Add(interval + interval/permitShare + interval/160 + 300*time.Millisecond)
+	soon := 0
+	for _, e := range workers {
+		if e.Event == simevent.Start && time.Unix(0, e.TUnixNs).Before(freed) {
+			soon++
+		}
+	}
+	t.Logf("hoarder spent %d before the kill; workers: %d starts, %d before %v after the kill; provable violations %d",
+		hoarded, len(workers), soon, freed.Sub(killed), r.Violations)
+	assert.Zero(t, r.Violations, "provable violations of %d per %v", limit, interval)
+	assert.GreaterOrEqual(t, soon, limit*9/10, "workers' starts within %v of the kill", freed.Sub(killed))
 }
