@@ -155,17 +155,18 @@ func WithLeaseTTL(d time.Duration) Option {
 //
 // With a limit above 64 on a RedisStore, a process that calls a key often
 // asks the store for several starts at once and spends them locally, each
-// at most once, within interval/64 of sending the request; the store counts
-// each as a start at any time in that span, so the limit stays exact across
-// every process. The batch follows this process's own demand for the key
-// (1, an ordinary decision, while it is low) and the store grants at most
-// half of what is free, so one process cannot take the whole window. The
-// cost is about 1/64 of the capacity, plus permits not spent in time.
-// Limits up to 64, the memory store, throttletest.Store and throttles with
-// WithConcurrency never batch. A call that waits (WithWait, Wait) spends a
-// permit when one is at hand and otherwise books as usual. Hold and Reset
-// stop this process's permits at once, and other processes' within
-// interval/64. n must not be negative; 0 means the default.
+// at most once, within interval/64 (at least 4 ms) of sending the request;
+// the store counts each as a start at any time in that span, so the limit
+// stays exact across every process. The batch follows this process's own
+// demand for the key (1, an ordinary decision, while it is low) and the
+// store grants at most half of what is free, so one process cannot take
+// the whole window. The cost is about 1/64 of the capacity (4 ms of each
+// interval, if more), plus permits not spent in time. Limits up to 64,
+// intervals below 64 ms, the memory store, throttletest.Store and throttles
+// with WithConcurrency never batch. A call that waits (WithWait, Wait)
+// spends a permit when one is at hand and otherwise books as usual. Hold
+// and Reset stop this process's permits at once, and other processes'
+// within the validity. n must not be negative; 0 means the default.
 // Default: at most limit/8 per round trip.
 func WithPermitBatch(n int) Option {
 	return optionFunc(func(c *config) { c.permitBatch = n })

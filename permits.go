@@ -19,14 +19,15 @@ import (
 // about 1/permitShare of the capacity is the cost of batching.
 const permitShare = 64
 
-// minPermitValidity is the shortest validity that batching is used with; a
-// shorter one (an interval below 32 ms) would end before a round trip.
-const minPermitValidity = 500 * time.Microsecond
+// minPermitValidity is the shortest validity of leased permits: a batch is
+// spent only when its reply comes within it, and on a busy machine a round
+// trip can take milliseconds. Intervals below 16 times it do not batch.
+const minPermitValidity = 4 * time.Millisecond
 
 // permitPolicy is a core's use of leased permits; nil when it has none.
 type permitPolicy struct {
-	validity time.Duration // what the store is told
-	spend    int64         // ns on mono after sending: the local validity
+	validity time.Duration // the shortest validity
+	longest  time.Duration // the longest, for slow round trips
 	max      int           // the largest batch asked for
 }
 
@@ -39,17 +40,22 @@ func newPermitPolicy(interval time.Duration, cfg *config, local bool) *permitPol
 	if cfg.limit <= maxSlots || local || clock || cfg.permitBatch == 1 || cfg.concurrencySet {
 		return nil
 	}
-	d := interval / permitShare
-	if d < minPermitValidity {
+	d, ok := permitValidity(interval)
+	if !ok {
 		return nil
 	}
 	most := cfg.permitBatch
 	if most == 0 {
 		most = max(cfg.limit/8, 2)
 	}
-	// The local validity ends a little early: the monotonic clock of this
-	// process may run slower than the store's by far less than 1/256.
-	return &permitPolicy{validity: d, spend: int64(d - d/256), max: most}
+	return &permitPolicy{validity: d, longest: interval / 16, max: most}
+}
+
+// permitValidity returns the validity of the leased permits of a throttle
+// of interval, and false when it does not batch (an interval below 64 ms).
+func permitValidity(interval time.Duration) (time.Duration, bool) {
+	d := max(interval/permitShare, minPermitValidity)
+	return d, d <= interval/16
 }
 
 // permitPool holds one key's leased permits in this process.
@@ -62,6 +68,14 @@ type permitPool struct {
 	flight *permitFlight // the refill in flight, if any
 	sent   int64         // mono when the last refill was sent
 	got    int64         // permits that refill gave this process
+	rtt    int64         // a moving average of the refills' round trips, ns
+}
+
+// validity returns the validity to ask for: the policy's, or four round
+// trips when they are slow (a busy machine), so that replies seldom come
+// after it, up to a sixteenth of the interval.
+func (p *permitPool) validity(pol *permitPolicy) time.Duration {
+	return min(max(pol.validity, 4*time.Duration(p.rtt)), pol.longest)
 }
 
 // permitBatch is the permits of one grant: each is spent by taking one off
@@ -125,9 +139,9 @@ func (e *entry) permitsLive() bool {
 
 // want returns the batch to ask for at now, from the demand since the last
 // refill was sent (the permits spent and the calls that found none), at
-// that rate over one validity and a quarter more, between 1 and pol.max.
+// that rate over the validity v and a quarter more, between 1 and pol.max.
 // The first refill asks for 1.
-func (p *permitPool) want(pol *permitPolicy, now int64) int {
+func (p *permitPool) want(pol *permitPolicy, v time.Duration, now int64) int {
 	demand := p.misses.Swap(0)
 	if p.sent == 0 {
 		return 1
@@ -137,7 +151,7 @@ func (p *permitPool) want(pol *permitPolicy, now int64) int {
 		demand -= max(b.left.Load(), 0)
 	}
 	elapsed := max(now-p.sent, 1)
-	k := float64(demand) * float64(pol.validity) / float64(elapsed) * 1.25
+	k := float64(demand) * float64(v) / float64(elapsed) * 1.25
 	return int(min(max(k, 1), float64(pol.max)))
 }
 
@@ -168,35 +182,46 @@ func (c *core) takePermit(ctx context.Context, key string, e *entry, req Request
 		f := &permitFlight{done: make(chan struct{})}
 		p.flight = f
 		now := mono()
-		k := p.want(c.permits, now)
+		v := p.validity(c.permits)
+		k := p.want(c.permits, v, now)
 		p.sent = now
 		p.mu.Unlock()
 
 		r := req
 		if k > 1 {
-			r.Permits, r.Validity = k, c.permits.validity
+			r.Permits, r.Validity = k, v
 		}
 		res, err := c.cfg.store.Take(ctx, key, r)
+		back := mono()
+		// The local validity ends a little early: this process's monotonic
+		// clock may run slower than the store's, by far less than 1/256.
+		until := now + int64(v-v/256)
 		got := int64(0)
 		if err == nil && res.OK {
 			got = 1
 			if res.Permits > 1 {
 				got = int64(res.Permits)
-				b := &permitBatch{until: now + c.permits.spend}
-				b.left.Store(got - 1) // one is this call's
-				p.batch.Store(b)
+				if back < until {
+					b := &permitBatch{until: until}
+					b.left.Store(got - 1) // one is this call's
+					p.batch.Store(b)
+				}
 			}
 		}
 		p.mu.Lock()
 		p.got = got
+		if err == nil {
+			p.rtt += (back - now - p.rtt) / 4
+		}
+		if got > 1 && back >= until {
+			// The reply came after the permits' validity: none is spent,
+			// and the callers that waited for it are told so.
+			res = Reservation{}
+		}
 		f.res, f.err = res, err
 		p.flight = nil
 		p.mu.Unlock()
 		close(f.done)
-		if got > 1 && mono() >= now+c.permits.spend {
-			// The reply came after the permits' validity: none is spent.
-			return Reservation{RetryAfter: 0}, nil
-		}
 		return res, err
 	}
 }

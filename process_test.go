@@ -165,7 +165,10 @@ func hoard(spec workerSpec, opts []Option) error {
 		return 0
 	}
 	enc := json.NewEncoder(os.Stdout)
-	for held() < int64(spec.Limit/4) {
+	for end := time.Now().Add(30 * time.Second); held() < int64(spec.Limit/4); {
+		if time.Now().After(end) {
+			return fmt.Errorf("no batch of %d permits in 30 s", spec.Limit/4)
+		}
 		asked := time.Now()
 		d, err := th.Allow(context.Background())
 		if err != nil {
@@ -515,7 +518,7 @@ func TestCrossProcessPermitHolderKilled(t *testing.T) {
 		t.Skip("cross-process test skipped in -short mode")
 	}
 	srv := redistest.Start(t)
-	interval, limit := 200*time.Millisecond, 2000
+	interval, limit := time.Second, 2000
 	spec := workerSpec{Addr: srv.Addr, Key: "xproc:hoard", Interval: interval, Limit: limit, Hoard: true}
 	cmd := workerCmd(t, workerEnv, spec)
 	out, err := cmd.StdoutPipe()
@@ -523,7 +526,6 @@ func TestCrossProcessPermitHolderKilled(t *testing.T) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	var evs []simevent.Event
 	sc := bufio.NewScanner(out)
 	hoarding := false
@@ -537,21 +539,26 @@ func TestCrossProcessPermitHolderKilled(t *testing.T) {
 		}
 		evs = append(evs, e.Event)
 	}
-	require.True(t, hoarding, "the hoarder took no batch: %s", stderr.String())
+	if !hoarding {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("the hoarder took no batch: %s", stderr.String())
+	}
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	killed := time.Now()
 	_ = cmd.Wait()
 	hoarded := len(evs)
 
 	workers := runWorkers(t, 2, workerSpec{Addr: srv.Addr, Key: spec.Key, Interval: interval, Limit: limit,
-		Duration: 3 * interval, Goroutines: 4})
+		Duration: 2 * interval, Goroutines: 4})
 	evs = append(evs, workers...)
 	as := simevent.Admissions(evs)
-	r := simevent.Check(as, interval, limit, 3*interval)
-	// The batch the hoarder holds was counted at most one validity and a
-	// bucket after it was taken, before the kill; it has left the window
-	// one interval later. Allow the workers a generous time to fill it.
-	freed := killed.Add(interval + interval/permitShare + interval/160 + 300*time.Millisecond)
+	r := simevent.Check(as, interval, limit, 2*interval)
+	// The batch the hoarder holds was counted at most one validity (at most
+	// a sixteenth of the interval) and a bucket after it was taken, before
+	// the kill; it has left the window one interval later. Allow the
+	// workers a generous time to fill it.
+	freed := killed.Add(interval + interval/16 + interval/160 + 300*time.Millisecond)
 	soon := 0
 	for _, e := range workers {
 		if e.Event == simevent.Start && time.Unix(0, e.TUnixNs).Before(freed) {

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -86,6 +87,9 @@ type workerSpec struct {
 	Limit    Limit         `json:"limit"`
 	StartNs  int64         `json:"start_ns"` // Unix ns at which all workers begin
 	Duration time.Duration `json:"duration"`
+	// Goroutines is the number of goroutines that call the key in each
+	// worker, sharing its Throttle (default 1).
+	Goroutines int `json:"goroutines,omitempty"`
 }
 
 // workerLine is one line of a worker's output: an admission (Asked and
@@ -100,9 +104,10 @@ type workerLine struct {
 }
 
 // runWorker calls the library as fast as it is allowed to until the
-// duration ends, and prints a line per admitted call with the time it began
-// asking and the time it was told to start. After a denial it sleeps a
-// random time below 1 ms, so that workers do not call in lockstep.
+// duration ends, from spec.Goroutines goroutines, and prints a line per
+// admitted call with the time it began asking and the time it was told to
+// start. After a denial a goroutine sleeps a random time below 1 ms, so
+// that workers do not call in lockstep.
 func runWorker(specJSON string) error {
 	var spec workerSpec
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
@@ -120,28 +125,45 @@ func runWorker(specJSON string) error {
 	start := time.Unix(0, spec.StartNs)
 	time.Sleep(time.Until(start))
 	end := start.Add(spec.Duration)
+	var mu sync.Mutex // guards enc and sum
 	var sum workerLine
-	for time.Now().Before(end) {
-		asked := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		ok, err := allow(ctx)
-		cancel()
-		started := time.Now()
-		sum.Calls++
-		switch {
-		case err != nil:
+	var wg sync.WaitGroup
+	for range max(spec.Goroutines, 1) {
+		wg.Go(func() {
+			var mine workerLine
+			var lines []workerLine
+			for time.Now().Before(end) {
+				asked := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				ok, err := allow(ctx)
+				cancel()
+				started := time.Now()
+				mine.Calls++
+				switch {
+				case err != nil:
+					if mine.Errors == 0 {
+						mine.FirstErr = err.Error()
+					}
+					mine.Errors++
+				case ok:
+					lines = append(lines, workerLine{Asked: asked.UnixNano(), Started: started.UnixNano()})
+					continue
+				}
+				time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond))))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, l := range lines {
+				_ = enc.Encode(l)
+			}
+			sum.Calls += mine.Calls
 			if sum.Errors == 0 {
-				sum.FirstErr = err.Error()
+				sum.FirstErr = mine.FirstErr
 			}
-			sum.Errors++
-		case ok:
-			if err := enc.Encode(workerLine{Asked: asked.UnixNano(), Started: started.UnixNano()}); err != nil {
-				return err
-			}
-			continue
-		}
-		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond))))
+			sum.Errors += mine.Errors
+		})
 	}
+	wg.Wait()
 	sum.Done = true
 	return enc.Encode(sum)
 }
@@ -258,21 +280,31 @@ func TestAccuracy(t *testing.T) {
 	}
 	srv := server.Start(t)
 	cases := []struct {
-		name string
-		l    Limit
+		name       string
+		l          Limit
+		workers    int // worker processes (default: -accuracy.workers)
+		goroutines int // per worker (default 1)
 	}{
-		{"1 per 50ms", Limit{N: 1, Interval: 50 * time.Millisecond}},
-		{"10 per 1s", Limit{N: 10, Interval: time.Second}},
+		{"1 per 50ms", Limit{N: 1, Interval: 50 * time.Millisecond}, 0, 0},
+		{"10 per 1s", Limit{N: 10, Interval: time.Second}, 0, 0},
 		// Above 64 ours keeps counts per time bucket (the window script).
-		{"100 per 1s", Limit{N: 100, Interval: time.Second}},
+		{"100 per 1s", Limit{N: 100, Interval: time.Second}, 0, 0},
+		// A hot key: ours takes leased permits in batches.
+		{"20000 per 1s, 8x8", Limit{N: 20000, Interval: time.Second}, 8, 8},
+		{"2000 per 100ms, 8x8", Limit{N: 2000, Interval: 100 * time.Millisecond}, 8, 8},
 	}
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "limit\tlibrary\tadmitted\tideal\tadmitted/ideal\tmax in window (raw)\tprovable violations\tstore errors/calls\t\n")
 	for ci, c := range cases {
 		for _, lib := range libraries {
-			spec := workerSpec{Addr: srv.Addr, Lib: lib, Key: fmt.Sprintf("accuracy:%d", ci), Limit: c.l, Duration: *accDuration}
-			as, sum := runWorkers(t, *accWorkers, spec)
+			spec := workerSpec{Addr: srv.Addr, Lib: lib, Key: fmt.Sprintf("accuracy:%d", ci), Limit: c.l,
+				Duration: *accDuration, Goroutines: c.goroutines}
+			workers := *accWorkers
+			if c.workers > 0 {
+				workers = c.workers
+			}
+			as, sum := runWorkers(t, workers, spec)
 			r := check(as, c.l, *accDuration)
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%d\t%d\t%d/%d\t\n",
 				c.name, lib, r.admitted, r.ideal, float64(r.admitted)/r.ideal, r.maxInWindow, r.violations, sum.Errors, sum.Calls)
@@ -292,7 +324,7 @@ func TestAccuracy(t *testing.T) {
 		}
 	}
 	tw.Flush()
-	t.Logf("%d worker processes per library, each with its own go-redis client, for %v:\n%s", *accWorkers, *accDuration, table.String())
+	t.Logf("%d worker processes per library (8 of 8 goroutines where the limit says 8x8), each with its own go-redis client, for %v:\n%s", *accWorkers, *accDuration, table.String())
 }
 
 // TestCheckCatchesOverAdmission shows that check reports provable

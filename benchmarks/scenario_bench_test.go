@@ -64,6 +64,13 @@ func BenchmarkAllowed1e6PerSecond(b *testing.B) {
 	benchAllowed(b, Limit{N: 1_000_000, Interval: time.Second}, true)
 }
 
+// BenchmarkAllowed1e8PerSecond: allowed decisions, limit 100,000,000 per
+// second, which never binds: ours takes leased permits in batches on the
+// hot key (and on keys called often enough), the peers decide per call.
+func BenchmarkAllowed1e8PerSecond(b *testing.B) {
+	benchAllowed(b, Limit{N: 100_000_000, Interval: time.Second}, true)
+}
+
 // BenchmarkDeniedHotKey1PerHour: denied decisions on one key whose only
 // start of the hour is taken.
 func BenchmarkDeniedHotKey1PerHour(b *testing.B) {
@@ -174,6 +181,8 @@ func throttleLib(c *redis.Client, l Limit) lib {
 
 func benchAllowed(b *testing.B, l Limit, hot bool) {
 	c := server.Start(b).Client(b)
+	var cmds cmdCounter
+	c.AddHook(&cmds)
 	// go-redis auto-pipelining (experimental in v9.23): the commands of
 	// concurrent goroutines share round trips.
 	ap := must(c.AutoPipeline())
@@ -194,14 +203,15 @@ func benchAllowed(b *testing.B, l Limit, hot bool) {
 			w = wantAny
 		}
 		b.Run(lb.name, func(b *testing.B) {
-			b.Run("serial", serial(lb, w, keys(lb.name, "s", keysPerGoroutine)))
+			b.Run("serial", cmds.counted(serial(lb, w, keys(lb.name, "s", keysPerGoroutine))))
 			sets := make([][]string, goroutines)
 			for g := range sets {
 				sets[g] = keys(lb.name, strconv.Itoa(g), keysPerGoroutine)
 			}
-			b.Run("parallel64", parallel(lb, w, sets, false))
+			b.Run("parallel64", cmds.counted(parallel(lb, w, sets, false)))
 			if hot {
-				b.Run("hotkey64", parallel(lb, w, [][]string{{lb.name + ":hot"}}, true))
+				b.Run("hotkey64", cmds.counted(parallel(lb, w, [][]string{{lb.name + ":hot"}}, true)))
+				b.Run("hotkey1", cmds.counted(serial(lb, w, []string{lb.name + ":hot1"})))
 			}
 		})
 	}
@@ -305,6 +315,36 @@ func parallel(lb lib, w want, sets [][]string, shared bool) func(*testing.B) {
 			}
 		})
 		reportErrors(b, errs.Load())
+	}
+}
+
+// cmdCounter is a go-redis hook that counts the commands sent on the
+// plain client (auto-pipelined ones are not counted), so that a benchmark
+// can report Redis commands per decision.
+type cmdCounter struct{ n atomic.Int64 }
+
+func (h *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// counted wraps bench so that it reports the commands sent per op.
+func (h *cmdCounter) counted(bench func(*testing.B)) func(*testing.B) {
+	return func(b *testing.B) {
+		before := h.n.Load()
+		bench(b)
+		b.ReportMetric(float64(h.n.Load()-before)/float64(b.N), "cmds/op")
 	}
 }
 
