@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,21 @@ func newPermitPolicy(interval time.Duration, cfg *config, local bool) *permitPol
 	return &permitPolicy{validity: d, longest: interval / 16, max: most}
 }
 
+// alone decides one start of key with an ordinary decision, with a
+// timeout of its own, for a caller whose ctx ended while it waited for
+// other callers' refills. That happens on a machine so busy that the
+// waiter runs long after the refill it waited for (goroutines that spend
+// permits without blocking keep the CPUs), and an error would blame the
+// store for it. If the caller's own ctx was cancelled, that is its answer.
+func (c *core) alone(ctx context.Context, key string, req Request) (Reservation, error) {
+	if errors.Is(context.Cause(ctx), context.Canceled) {
+		return Reservation{}, ctx.Err()
+	}
+	rctx, cancel := c.deadlines.bound(context.WithoutCancel(ctx))
+	defer cancel()
+	return c.cfg.store.Take(rctx, key, req)
+}
+
 // permitValidity returns the validity of the leased permits of a throttle
 // of interval, and false when it does not batch (an interval below 64 ms).
 func permitValidity(interval time.Duration) (time.Duration, bool) {
@@ -69,6 +85,7 @@ type permitPool struct {
 	sent   int64         // mono when the last refill was sent
 	got    int64         // permits that refill gave this process
 	rtt    int64         // a moving average of the refills' round trips, ns
+	late   bool          // the last batch came after its validity
 }
 
 // validity returns the validity to ask for: the policy's, or four round
@@ -86,11 +103,17 @@ type permitBatch struct {
 }
 
 // permitFlight is one refill in flight; done is closed when it has ended,
-// and res and err are its outcome then.
+// and res and err are its outcome then. The callers that wait for it
+// count themselves in waiters; a batch keeps one permit for each of them
+// in reserved, spendable before until, so that the callers still running
+// cannot take them all first.
 type permitFlight struct {
-	done chan struct{}
-	res  Reservation
-	err  error
+	done     chan struct{}
+	res      Reservation
+	err      error
+	waiters  int // guarded by the pool's mu
+	reserved atomic.Int64
+	until    int64
 }
 
 // spend takes one permit of b, if b has one that is still valid. The clock
@@ -139,11 +162,11 @@ func (e *entry) permitsLive() bool {
 
 // want returns the batch to ask for at now, from the demand since the last
 // refill was sent (the permits spent and the calls that found none), at
-// that rate over the validity v and a quarter more, between 1 and pol.max.
+// that rate over twice the validity v, between 1 and pol.max.
 // The first refill asks for 1.
 func (p *permitPool) want(pol *permitPolicy, v time.Duration, now int64) int {
 	demand := p.misses.Swap(0)
-	if p.sent == 0 {
+	if p.sent == 0 || p.late {
 		return 1
 	}
 	demand += p.got - 1 // the refill's own call is among the misses
@@ -151,31 +174,48 @@ func (p *permitPool) want(pol *permitPolicy, v time.Duration, now int64) int {
 		demand -= max(b.left.Load(), 0)
 	}
 	elapsed := max(now-p.sent, 1)
-	k := float64(demand) * float64(v) / float64(elapsed) * 1.25
+	k := float64(demand) * float64(v) / float64(elapsed) * 2
 	return int(min(max(k, 1), float64(pol.max)))
 }
 
 // takePermit decides one start of key with leased permits: a permit of a
 // refill that another goroutine has in flight, or a refill of its own. A
 // refill of one permit is an ordinary decision. req is the request of an
-// ordinary decision (no wait).
+// ordinary decision (no wait). ctx bounds the waiting for other callers'
+// refills; a refill of its own, or the ordinary decision of a caller that
+// waited that long, has the throttle's timeout, so a call takes at most
+// twice the timeout.
 func (c *core) takePermit(ctx context.Context, key string, e *entry, req Request) (Reservation, error) {
 	p := e.pool()
 	for {
 		p.misses.Add(1)
 		p.mu.Lock()
 		if f := p.flight; f != nil {
+			f.waiters++
 			p.mu.Unlock()
 			select {
 			case <-f.done:
 			case <-ctx.Done():
-				return Reservation{}, ctx.Err()
+				select {
+				case <-f.done: // both: a caller scheduled late takes its answer
+				default:
+					return c.alone(ctx, key, req)
+				}
+			}
+			if f.reserved.Add(-1) >= 0 && mono() < f.until {
+				return Reservation{OK: true}, nil
 			}
 			if p.batch.Load().spend() {
 				return Reservation{OK: true}, nil
 			}
 			if f.err != nil || !f.res.OK {
 				return f.res, f.err // the same answer for every waiter
+			}
+			if ctx.Err() != nil {
+				// Others spent the batch first, and this caller, which
+				// ran too late for its reserved permit, has no time left
+				// to wait for another refill.
+				return c.alone(ctx, key, req)
 			}
 			continue // others spent the batch first: refill again
 		}
@@ -191,37 +231,52 @@ func (c *core) takePermit(ctx context.Context, key string, e *entry, req Request
 		if k > 1 {
 			r.Permits, r.Validity = k, v
 		}
-		res, err := c.cfg.store.Take(ctx, key, r)
+		// The refill serves the callers waiting for it too, so it has a
+		// timeout of its own rather than what is left of this caller's.
+		rctx, cancel := c.deadlines.bound(context.WithoutCancel(ctx))
+		res, err := c.cfg.store.Take(rctx, key, r)
+		cancel()
 		back := mono()
 		// The local validity ends a little early: this process's monotonic
 		// clock may run slower than the store's, by far less than 1/256.
 		until := now + int64(v-v/256)
 		got := int64(0)
+		p.mu.Lock()
+		// The pool holds this refill's batch or none, so that want
+		// counts what was spent of the latest one.
+		p.batch.Store(nil)
 		if err == nil && res.OK {
 			got = 1
 			if res.Permits > 1 {
 				got = int64(res.Permits)
 				if back < until {
+					// One is this call's, one for each caller waiting.
+					kept := min(got-1, int64(f.waiters))
+					f.reserved.Store(kept)
+					f.until = until
 					b := &permitBatch{until: until}
-					b.left.Store(got - 1) // one is this call's
+					b.left.Store(got - 1 - kept)
 					p.batch.Store(b)
 				}
 			}
 		}
-		p.mu.Lock()
 		p.got = got
 		if err == nil {
 			p.rtt += (back - now - p.rtt) / 4
 		}
-		if got > 1 && back >= until {
-			// The reply came after the permits' validity: none is spent,
-			// and the callers that waited for it are told so.
-			res = Reservation{}
-		}
+		p.late = got > 1 && back >= until
+		late := p.late
 		f.res, f.err = res, err
 		p.flight = nil
 		p.mu.Unlock()
 		close(f.done)
+		if late {
+			// The reply came after the permits' validity: none is spent.
+			// The next refill, this call's own, is an ordinary decision
+			// (one start now), which no validity limits; the callers that
+			// waited for this one try again too.
+			continue
+		}
 		return res, err
 	}
 }
