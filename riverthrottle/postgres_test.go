@@ -107,8 +107,9 @@ type workArgs struct {
 func (workArgs) Kind() string { return workKind }
 
 // event is one line of what a client saw: a job that started (with the
-// time just before the throttle was asked for the run that started it, and
-// the times it started and finished), or a job that was snoozed.
+// time just before its admitting decision was asked, and the times it
+// started and finished), or a job that was snoozed (Started is then when
+// the middleware returned the snooze).
 type event struct {
 	Kind     string `json:"kind"` // "start" or "snooze"
 	JobID    int64  `json:"job_id"`
@@ -151,14 +152,51 @@ func (e *events) count(kind string) int {
 	return n
 }
 
-type (
-	askedKey struct{}
-	jobKey   struct{}
-)
+type jobKey struct{}
 
-// recorder is the outermost middleware of a test client: it notes when the
-// job began to be decided (before the throttle middleware asks), for the
-// worker to report, and reports every snooze the throttle hands to River.
+// askRecorder wraps a Limiter and remembers, per job id (from the
+// recorder's context value), when the job last asked: for a job that runs,
+// that is just before its admitting decision.
+type askRecorder struct {
+	inner riverthrottle.Limiter
+	mu    sync.Mutex
+	asked map[int64]time.Time
+}
+
+func newAskRecorder(inner riverthrottle.Limiter) *askRecorder {
+	return &askRecorder{inner: inner, asked: map[int64]time.Time{}}
+}
+
+func (r *askRecorder) note(ctx context.Context) {
+	id, _ := ctx.Value(jobKey{}).(int64)
+	r.mu.Lock()
+	r.asked[id] = time.Now()
+	r.mu.Unlock()
+}
+
+func (r *askRecorder) last(id int64) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asked[id]
+}
+
+func (r *askRecorder) Allow(ctx context.Context, key string) (throttle.Decision, error) {
+	r.note(ctx)
+	return r.inner.Allow(ctx, key)
+}
+
+func (r *askRecorder) Acquire(ctx context.Context, key string) (*throttle.Lease, error) {
+	r.note(ctx)
+	return r.inner.Acquire(ctx, key)
+}
+
+func (r *askRecorder) Hold(ctx context.Context, key string, d time.Duration) error {
+	return r.inner.Hold(ctx, key, d)
+}
+
+// recorder is the outermost middleware of a test client: it puts the job's
+// id in the context for the askRecorder, and reports every snooze the
+// throttle hands to River.
 type recorder struct {
 	river.MiddlewareDefaults
 	emit   func(event)
@@ -167,13 +205,12 @@ type recorder struct {
 }
 
 func (r *recorder) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
-	ctx = context.WithValue(ctx, jobKey{}, job.ID)
-	err := doInner(context.WithValue(ctx, askedKey{}, time.Now()))
+	err := doInner(context.WithValue(ctx, jobKey{}, job.ID))
 	if snooze, ok := snoozeOf(err); ok {
 		key, _ := r.key(job)
 		r.emit(event{Kind: "snooze", JobID: job.ID, Key: key, Attempt: job.Attempt, Snooze: snooze.Nanoseconds(),
 			Started: time.Now().UnixNano(),
-			Worker: r.worker, PID: os.Getpid()})
+			Worker:  r.worker, PID: os.Getpid()})
 	}
 	return err
 }
@@ -184,13 +221,14 @@ type worker struct {
 	emit   func(event)
 	id     int
 	key    riverthrottle.KeyFunc
+	asks   *askRecorder
 	sleep  time.Duration
 	result func(job *river.Job[workArgs]) error
 }
 
 func (w *worker) Work(ctx context.Context, job *river.Job[workArgs]) error {
 	started := time.Now()
-	asked, _ := ctx.Value(askedKey{}).(time.Time)
+	asked := w.asks.last(job.ID)
 	if w.sleep > 0 {
 		select {
 		case <-time.After(w.sleep):
@@ -225,6 +263,7 @@ type clientConfig struct {
 	Cap      int           `json:"cap"` // WithConcurrency, if > 0
 	Jitter   time.Duration `json:"jitter"`
 	Capacity time.Duration `json:"capacity"` // WithCapacityDelay
+	Wait     time.Duration `json:"wait"`     // WithWait
 	Sleep    time.Duration `json:"sleep"`    // each job's run time
 	ByTenant bool          `json:"by_tenant"`
 	Workers  int           `json:"workers"` // River MaxWorkers
@@ -235,7 +274,7 @@ type clientConfig struct {
 // a Keyed of its own on its own Redis client, as a separate process would
 // have; it reports every start and snooze to emit. lim, if not nil,
 // replaces the Keyed, and result, if not nil, is each job's result.
-func startClient(tb testing.TB, pool *pgxpool.Pool, cfg clientConfig, emit func(event), lim riverthrottle.Limiter, result func(*river.Job[workArgs]) error, rc *river.Config) (stop func(), err error) {
+func startClient(pool *pgxpool.Pool, cfg clientConfig, emit func(event), lim riverthrottle.Limiter, result func(*river.Job[workArgs]) error, rc *river.Config) (stop func(), err error) {
 	var closeRedis func() error
 	if lim == nil {
 		opts := []throttle.Option{throttle.WithLimit(max(cfg.Limit, 1)), throttle.WithTimeout(2 * time.Second)}
@@ -259,8 +298,12 @@ func startClient(tb testing.TB, pool *pgxpool.Pool, cfg clientConfig, emit func(
 	if cfg.Capacity > 0 {
 		mwOpts = append(mwOpts, riverthrottle.WithCapacityDelay(cfg.Capacity))
 	}
+	if cfg.Wait > 0 {
+		mwOpts = append(mwOpts, riverthrottle.WithWait(cfg.Wait))
+	}
+	asks := newAskRecorder(lim)
 	workers := river.NewWorkers()
-	river.AddWorker(workers, &worker{emit: emit, id: cfg.Worker, key: key, sleep: cfg.Sleep, result: result})
+	river.AddWorker(workers, &worker{emit: emit, id: cfg.Worker, key: key, asks: asks, sleep: cfg.Sleep, result: result})
 	config := river.Config{}
 	if rc != nil {
 		config = *rc
@@ -270,7 +313,7 @@ func startClient(tb testing.TB, pool *pgxpool.Pool, cfg clientConfig, emit func(
 	config.Workers = workers
 	config.Middleware = []rivertype.Middleware{
 		&recorder{emit: emit, worker: cfg.Worker, key: key},
-		riverthrottle.New(lim, mwOpts...),
+		riverthrottle.New(asks, mwOpts...),
 	}
 	config.FetchCooldown = 5 * time.Millisecond
 	config.FetchPollInterval = 20 * time.Millisecond

@@ -67,7 +67,7 @@ func TestSnoozeKeepsAttempts(t *testing.T) {
 		schema := riverSchema(t, pool)
 		lim := &denyFirst{n: throttle, asks: map[int64]int{}}
 		var evs events
-		stop, err := startClient(t, pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, nil, nil)
+		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, nil, nil)
 		require.NoError(t, err)
 		defer stop()
 		insertJobs(t, pool, schema, jobs, &river.InsertOpts{MaxAttempts: 3})
@@ -96,7 +96,7 @@ func TestSnoozeKeepsAttempts(t *testing.T) {
 		lim := &denyFirst{asks: map[int64]int{}}
 		var evs events
 		fail := func(*river.Job[workArgs]) error { return errors.New("failing on purpose") }
-		stop, err := startClient(t, pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, fail, &river.Config{RetryPolicy: retryNow{}})
+		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, fail, &river.Config{RetryPolicy: retryNow{}})
 		require.NoError(t, err)
 		defer stop()
 		insertJobs(t, pool, schema, jobs, &river.InsertOpts{MaxAttempts: 3})
@@ -140,7 +140,7 @@ func TestHoldAcrossClients(t *testing.T) {
 	for w := range 2 {
 		cfg := clientConfig{Schema: schema, Redis: srv.Addr, Interval: 20 * time.Millisecond, Limit: 1,
 			Jitter: 30 * time.Millisecond, Workers: 4, Worker: w}
-		stop, err := startClient(t, pool, cfg, evs.add, nil, result, nil)
+		stop, err := startClient(pool, cfg, evs.add, nil, result, nil)
 		require.NoError(t, err)
 		defer stop()
 	}
@@ -193,7 +193,7 @@ func TestConcurrencyCapAcrossClients(t *testing.T) {
 	for w := range 2 {
 		cfg := clientConfig{Schema: schema, Redis: srv.Addr, Cap: k, Jitter: 20 * time.Millisecond,
 			Capacity: 20 * time.Millisecond, Sleep: 40 * time.Millisecond, Workers: 4, Worker: w}
-		stop, err := startClient(t, pool, cfg, evs.add, nil, nil, nil)
+		stop, err := startClient(pool, cfg, evs.add, nil, nil, nil)
 		require.NoError(t, err)
 		defer stop()
 	}
