@@ -1,23 +1,19 @@
 package riverthrottle_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/dthrottle/throttle/internal/redistest"
 	"github.com/dthrottle/throttle/internal/simevent"
+	"github.com/dthrottle/throttle/internal/workerproc"
 )
 
 // The cross-process test re-executes the test binary as River worker
@@ -50,25 +46,12 @@ func runWorkerProcess(spec string) error {
 		return err
 	}
 	defer pool.Close()
-	var mu sync.Mutex
-	enc := json.NewEncoder(os.Stdout)
-	stop, err := startClient(pool, cfg, func(e event) {
-		mu.Lock()
-		defer mu.Unlock()
-		_ = enc.Encode(e)
-	}, nil, nil, nil)
+	emit := workerproc.Emitter()
+	stop, err := startClient(pool, cfg, func(e event) { emit(e) }, nil, nil, nil)
 	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(2 * liveness):
-	}
+	workerproc.WaitStdin(2 * liveness)
 	stop()
 	return nil
 }
@@ -103,10 +86,12 @@ func TestWorkerProcesses(t *testing.T) {
 			srv := redistest.Start(t)
 			schema := riverSchema(t, pool)
 			var evs events
-			stopAll := startProcesses(t, workers, &evs, func(i int) clientConfig {
-				return clientConfig{Schema: schema, Redis: srv.Addr, Interval: c.interval, Limit: c.limit,
+			specs := make([]any, workers)
+			for i := range specs {
+				specs[i] = clientConfig{Schema: schema, Redis: srv.Addr, Interval: c.interval, Limit: c.limit,
 					Jitter: c.jitter, Wait: c.wait, Workers: 4, Worker: i}
-			})
+			}
+			stopAll := workerproc.Start(t, workerEnv, specs, evs.add)
 			defer stopAll()
 
 			insertJobs(t, pool, schema, c.jobs, nil)
@@ -151,81 +136,4 @@ func TestWorkerProcesses(t *testing.T) {
 				100*r.AdmittedRatio(), r.Ideal, r.MinGap.Round(time.Millisecond), r.MaxInWindow, r.Violations)
 		})
 	}
-}
-
-// startProcesses starts n worker processes whose events go to evs, and
-// returns a function that stops them and checks that they exited cleanly
-// (safe to call more than once).
-func startProcesses(t *testing.T, n int, evs *events, spec func(i int) clientConfig) (stopAll func()) {
-	t.Helper()
-	type proc struct {
-		cmd    *exec.Cmd
-		stdin  io.WriteCloser
-		stderr *lockedBuffer
-		read   chan error
-	}
-	procs := make([]*proc, n)
-	for i := range procs {
-		b, err := json.Marshal(spec(i))
-		require.NoError(t, err)
-		p := &proc{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &lockedBuffer{}, read: make(chan error, 1)}
-		p.cmd.Env = append(os.Environ(), workerEnv+"="+string(b))
-		p.cmd.Stderr = p.stderr
-		p.stdin, err = p.cmd.StdinPipe()
-		require.NoError(t, err)
-		stdout, err := p.cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, p.cmd.Start(), "starting worker %d", i)
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var e event
-				if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-					p.read <- fmt.Errorf("worker %d line %q: %w", i, sc.Text(), err)
-					_, _ = io.Copy(io.Discard, stdout)
-					return
-				}
-				evs.add(e)
-			}
-			p.read <- sc.Err()
-		}()
-		procs[i] = p
-	}
-	stopped := false
-	return func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		for _, p := range procs {
-			_ = p.stdin.Close()
-		}
-		for i, p := range procs {
-			assert.NoError(t, <-p.read, "worker %d output", i)
-			assert.NoError(t, p.cmd.Wait(), "worker %d: %s", i, p.stderr.String())
-			if s := p.stderr.String(); s != "" {
-				t.Logf("worker %d stderr:\n%s", i, s)
-			}
-		}
-	}
-}
-
-// lockedBuffer is a bytes buffer safe for a writer and a reader on
-// different goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }
