@@ -90,6 +90,10 @@ func (e *HoldError) Unwrap() error { return e.Err }
 // this job for d plus jitter, without using up an attempt. cause, which
 // may be nil, is kept in the error's chain.
 //
+// A hold needs a rate: on a Keyed with only a concurrency cap (an interval
+// of 0) the store has nothing to hold (RedisStore refuses it), so only
+// this job is snoozed, and the snooze's error carries Hold's error.
+//
 // HoldOff panics if d is negative. Outside the middleware (a worker
 // without it), River sees an ordinary error.
 func HoldOff(d time.Duration, cause error) error {

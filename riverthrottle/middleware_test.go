@@ -445,3 +445,34 @@ func TestNewPanicsOnBadOptions(t *testing.T) {
 	assert.Panics(t, func() { riverthrottle.New(lim, riverthrottle.WithCapacityDelay(-1)) })
 	assert.Panics(t, func() { riverthrottle.New(lim, riverthrottle.WithWait(-1)) })
 }
+
+func TestHoldOffUnderCap(t *testing.T) {
+	// With a rate and a cap, a hold holds off the next jobs as well.
+	st := throttletest.New(t)
+	k, err := throttle.NewKeyed(time.Millisecond, append(st.Options(), throttle.WithConcurrency(2))...)
+	require.NoError(t, err)
+	mw := riverthrottle.New(k, riverthrottle.WithJitter(0))
+	held := &inner{err: riverthrottle.HoldOff(2*time.Second, nil)}
+	_ = mw.Work(context.Background(), job("t", `{}`), held.do)
+	st.Advance(time.Second)
+	h := &inner{}
+	err = mw.Work(context.Background(), job("t", `{}`), h.do)
+	assert.Zero(t, h.count(), "a job of the held key runs during the hold")
+	snooze, ok := snoozeOf(err)
+	assert.True(t, ok)
+	assert.Equal(t, time.Second, snooze, "snoozed until the hold ends")
+	st.Advance(time.Second)
+	require.NoError(t, mw.Work(context.Background(), job("t", `{}`), h.do))
+	assert.Equal(t, 1, h.count(), "the job runs after the hold")
+
+	// With only a cap there is no rate to hold: RedisStore refuses the
+	// hold. The job is still snoozed, and the error says why.
+	k, err = throttle.NewKeyed(0, append(st.Options(), throttle.WithConcurrency(2))...)
+	require.NoError(t, err)
+	held = &inner{err: riverthrottle.HoldOff(2*time.Second, nil)}
+	err = riverthrottle.New(k, riverthrottle.WithJitter(0)).Work(context.Background(), job("t", `{}`), held.do)
+	snooze, ok = snoozeOf(err)
+	assert.True(t, ok)
+	assert.Equal(t, 2*time.Second, snooze)
+	assert.ErrorContains(t, err, "cannot hold")
+}
