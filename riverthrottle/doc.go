@@ -107,7 +107,7 @@
 //     per second and slower, but for intervals below a second snoozes
 //     alone leave part of the limit unused. WithWait
 //     recovers it (in this package's cross-process test, 1 job per 100 ms
-//     ran at about 95% of the limit with a 500 ms wait, and 40 to 80%
+//     ran at 91 to 96% of the limit with a 500 ms wait, and 42 to 77%
 //     without); a shorter FetchPollInterval helps too.
 //   - Each snooze is a write to the job's row, so a job throttled n times
 //     costs n extra updates: size the jitter and the number of jobs kept
