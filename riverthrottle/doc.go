@@ -26,7 +26,9 @@
 //
 // In river.Config.Middleware the middleware sees every job of the client;
 // to throttle only the jobs of one worker, return it from that worker's
-// Middleware method instead. To throttle by something else than the kind,
+// Middleware method instead. River runs a worker's own middleware outside
+// (before) the client's, so middleware in river.Config.Middleware does not
+// see the jobs that a per-worker throttle snoozes. To throttle by something else than the kind,
 // pass WithKeyFunc (an empty key runs the job unthrottled). Two limits (a
 // kind and a tenant, say) can be two middlewares, one per Keyed; a start
 // that the outer one admits is then used up even when the inner one

@@ -359,6 +359,7 @@ func insertJobs(tb testing.TB, pool *pgxpool.Pool, schema string, n int, opts *r
 // jobState is a job's row as the tests check it.
 type jobState struct {
 	ID          int64
+	Kind        string
 	State       string
 	Attempt     int
 	MaxAttempts int
@@ -369,7 +370,7 @@ type jobState struct {
 // jobStates reads every job of schema.
 func jobStates(tb testing.TB, pool *pgxpool.Pool, schema string) []jobState {
 	tb.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT id, state::text, attempt, max_attempts,
+	rows, err := pool.Query(context.Background(), `SELECT id, kind, state::text, attempt, max_attempts,
 		coalesce((metadata->>'snoozes')::int, 0), coalesce(array_length(errors, 1), 0)
 		FROM `+schema+`.river_job ORDER BY id`)
 	require.NoError(tb, err)
@@ -377,7 +378,7 @@ func jobStates(tb testing.TB, pool *pgxpool.Pool, schema string) []jobState {
 	var out []jobState
 	for rows.Next() {
 		var s jobState
-		require.NoError(tb, rows.Scan(&s.ID, &s.State, &s.Attempt, &s.MaxAttempts, &s.Snoozes, &s.Errors))
+		require.NoError(tb, rows.Scan(&s.ID, &s.Kind, &s.State, &s.Attempt, &s.MaxAttempts, &s.Snoozes, &s.Errors))
 		out = append(out, s)
 	}
 	require.NoError(tb, rows.Err())

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -219,4 +220,94 @@ func TestConcurrencyCapAcrossClients(t *testing.T) {
 	assert.Positive(t, snoozes, "the cap refused no job: the test did not exercise it")
 	t.Logf("cap %d: %d jobs on %d clients, peak in flight %d, %d snoozes (%.1f per job)",
 		k, jobs, len(workers), peak, snoozes, float64(snoozes)/jobs)
+}
+
+// plainArgs are the arguments of a job kind that a per-worker middleware
+// does not throttle.
+type plainArgs struct{}
+
+func (plainArgs) Kind() string { return "plain_work" }
+
+// throttledWorker installs the middleware (behind a recorder) for its own
+// jobs only.
+type throttledWorker struct {
+	river.WorkerDefaults[workArgs]
+	mw   []rivertype.WorkerMiddleware
+	runs atomic.Int32
+}
+
+func (w *throttledWorker) Middleware(*rivertype.JobRow) []rivertype.WorkerMiddleware { return w.mw }
+
+func (w *throttledWorker) Work(context.Context, *river.Job[workArgs]) error {
+	w.runs.Add(1)
+	return nil
+}
+
+type plainWorker struct {
+	river.WorkerDefaults[plainArgs]
+	runs atomic.Int32
+}
+
+func (w *plainWorker) Work(context.Context, *river.Job[plainArgs]) error {
+	w.runs.Add(1)
+	return nil
+}
+
+// TestPerWorkerMiddleware: returned from a worker's Middleware method, the
+// middleware throttles that worker's jobs and no other kind's.
+func TestPerWorkerMiddleware(t *testing.T) {
+	t.Parallel()
+	pool := openPostgres(t)
+	schema := riverSchema(t, pool)
+	// denyFirst finds the job by the recorder's context value.
+	lim := &denyFirst{n: 2, asks: map[int64]int{}}
+	var evs, global events
+	tw := &throttledWorker{mw: []rivertype.WorkerMiddleware{
+		&recorder{emit: evs.add, key: riverthrottle.KindKey},
+		riverthrottle.New(lim, riverthrottle.WithJitter(0)),
+	}}
+	pw := &plainWorker{}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, tw)
+	river.AddWorker(workers, pw)
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
+		Schema:  schema,
+		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}},
+		Workers: workers,
+		// River runs a worker's own middleware outside Config.Middleware:
+		// this one never sees the snoozes.
+		Middleware:        []rivertype.Middleware{&recorder{emit: global.add, key: riverthrottle.KindKey}},
+		FetchCooldown:     5 * time.Millisecond,
+		FetchPollInterval: 20 * time.Millisecond,
+		Logger:            quietLogger(),
+	})
+	require.NoError(t, err)
+	require.NoError(t, client.Start(context.Background()))
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.NoError(t, client.Stop(ctx))
+	}()
+	_, err = client.InsertMany(context.Background(), []river.InsertManyParams{
+		{Args: workArgs{N: 0}}, {Args: workArgs{N: 1}}, {Args: plainArgs{}}, {Args: plainArgs{}},
+	})
+	require.NoError(t, err)
+
+	deadline := time.Now().Add(liveness)
+	for tw.runs.Load() < 2 || pw.runs.Load() < 2 {
+		require.True(t, time.Now().Before(deadline), "jobs not done within %v: throttled %d, plain %d", liveness, tw.runs.Load(), pw.runs.Load())
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Equal(t, 4, evs.count("snooze"), "snoozes: 2 for each throttled job")
+	assert.Zero(t, global.count("snooze"), "snoozes seen by Config.Middleware")
+	kinds := map[string]int{}
+	for _, s := range waitJobs(t, pool, schema, 4, 0, &evs) {
+		assert.Equal(t, "completed", s.State, "job %d", s.ID)
+		assert.Equal(t, 1, s.Attempt, "job %d attempt", s.ID)
+		kinds[s.Kind] += s.Snoozes
+	}
+	assert.Equal(t, map[string]int{workKind: 4, plainArgs{}.Kind(): 0}, kinds, "snoozes per kind")
+	lim.mu.Lock()
+	assert.Len(t, lim.asks, 2, "the limiter was asked for the throttled kind's jobs only")
+	lim.mu.Unlock()
 }
