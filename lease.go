@@ -27,8 +27,11 @@ var ErrLeaseReleased = errors.New("throttle: lease released")
 // WithWait to wait for a lease instead.
 var ErrAtCapacity = errors.New("throttle: at capacity")
 
-// errLeaseRequired is what Allow and Wait return on a throttle with a cap.
-var errLeaseRequired = errors.New("throttle: Allow and Wait cannot hold a lease under WithConcurrency: use Acquire or the Wrap functions")
+// ErrLeaseRequired is matched (with errors.Is) by the error that Allow and
+// Wait return on a throttle with WithConcurrency, which decides only with
+// Acquire or the Wrap functions. An adapter that takes any Keyed can test
+// for it and use Acquire instead; Allow returns it without asking the store.
+var ErrLeaseRequired = errors.New("throttle: Allow and Wait cannot hold a lease under WithConcurrency: use Acquire or the Wrap functions")
 
 // capacityError reports a call refused by the concurrency cap.
 type capacityError struct {

@@ -259,7 +259,7 @@ func (c *core) maxWait() time.Duration {
 
 func (c *core) allow(ctx context.Context, key string, e *entry) (Decision, error) {
 	if c.capped() {
-		return Decision{}, errLeaseRequired
+		return Decision{}, ErrLeaseRequired
 	}
 	res, err := c.take(ctx, key, e, 0)
 	if err != nil {
@@ -309,7 +309,7 @@ func (c *core) degraded(key string, res Reservation, err error) error {
 // until it.
 func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Duration) error {
 	if c.capped() {
-		return errLeaseRequired
+		return ErrLeaseRequired
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		maxWait = min(maxWait, max(time.Until(deadline), 0))

@@ -1,14 +1,11 @@
 package asynqthrottle_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"sort"
 	"sync"
 	"testing"
@@ -22,6 +19,7 @@ import (
 	"github.com/dthrottle/throttle"
 	"github.com/dthrottle/throttle/asynqthrottle"
 	"github.com/dthrottle/throttle/internal/redistest"
+	"github.com/dthrottle/throttle/internal/workerproc"
 )
 
 // The cross-process test re-executes the test binary as asynq worker
@@ -183,25 +181,12 @@ func runWorkerProcess(spec string) error {
 	if err := json.Unmarshal([]byte(spec), &cfg); err != nil {
 		return err
 	}
-	var mu sync.Mutex
-	enc := json.NewEncoder(os.Stdout)
-	stop, err := startServer(cfg, func(e event) {
-		mu.Lock()
-		defer mu.Unlock()
-		_ = enc.Encode(e)
-	})
+	emit := workerproc.Emitter()
+	stop, err := startServer(cfg, func(e event) { emit(e) })
 	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(2 * liveness):
-	}
+	workerproc.WaitStdin(2 * liveness)
 	stop()
 	return nil
 }
@@ -418,54 +403,12 @@ func TestWorkerProcesses(t *testing.T) {
 	defer insp.Close()
 
 	var evs events
-	type proc struct {
-		cmd    *exec.Cmd
-		stdin  io.WriteCloser
-		stderr *lockedBuffer
-		read   chan error
+	specs := make([]any, workers)
+	for i := range specs {
+		specs[i] = workerConfig{Addr: srv.Addr, Interval: interval, Limit: 1, ByTenant: true,
+			Wait: 250 * time.Millisecond, Worker: i}
 	}
-	procs := make([]*proc, workers)
-	for i := range procs {
-		spec, err := json.Marshal(workerConfig{Addr: srv.Addr, Interval: interval, Limit: 1, ByTenant: true,
-			Wait: 250 * time.Millisecond, Worker: i})
-		require.NoError(t, err)
-		p := &proc{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &lockedBuffer{}, read: make(chan error, 1)}
-		p.cmd.Env = append(os.Environ(), workerEnv+"="+string(spec))
-		p.cmd.Stderr = p.stderr
-		p.stdin, err = p.cmd.StdinPipe()
-		require.NoError(t, err)
-		stdout, err := p.cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, p.cmd.Start(), "starting worker %d", i)
-		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var e event
-				if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-					p.read <- fmt.Errorf("worker %d line %q: %w", i, sc.Text(), err)
-					_, _ = io.Copy(io.Discard, stdout)
-					return
-				}
-				evs.add(e)
-			}
-			p.read <- sc.Err()
-		}()
-		procs[i] = p
-	}
-	stopped := false
-	stopAll := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		for _, p := range procs {
-			_ = p.stdin.Close()
-		}
-		for i, p := range procs {
-			assert.NoError(t, <-p.read, "worker %d output", i)
-			assert.NoError(t, p.cmd.Wait(), "worker %d: %s", i, p.stderr.String())
-		}
-	}
+	stopAll := workerproc.Start(t, workerEnv, specs, evs.add)
 	defer stopAll()
 
 	noRetry := enqueue(t, srv.Addr, tasks)
@@ -481,29 +424,4 @@ func TestWorkerProcesses(t *testing.T) {
 	}
 	t.Logf("tasks ran in %d processes", len(pids))
 	checkRun(t, insp, tasks, noRetry, all, interval, 1)
-	for i, p := range procs {
-		if s := p.stderr.String(); s != "" {
-			t.Logf("worker %d stderr:\n%s", i, s)
-		}
-	}
-}
-
-// lockedBuffer is a bytes buffer safe for a writer and a reader on
-// different goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }
