@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -322,4 +323,45 @@ func testDroppedConnections(t *testing.T, autopipe bool) {
 		"store admitted %d starts, fn ran %d times (%d admissions lost with their replies, fn never ran twice for one); recovered %v after healing",
 		len(keys), goroutines, faultCalls, stats.LostReplies, stats.Dropped, storeErrs.Load(), admitted, runs, lost, recovery)
 	assert.Positive(t, stats.LostReplies, "replies the proxy lost (the test must exercise lost replies)")
+}
+
+// TestUnreachableStoreBoundedByTimeout decides with a store that cannot be
+// reached: a closed port (every dial refused at once) and a host that never
+// answers a dial (a dialer that blocks until its context ends): every kind
+// of decision returns within 1 s of a 100 ms timeout and fails closed, with
+// and without ContextTimeoutEnabled, and no goroutine outlives the test.
+func TestUnreachableStoreBoundedByTimeout(t *testing.T) {
+	checkLeaks(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := l.Addr().String()
+	require.NoError(t, l.Close())
+	const timeout = 100 * time.Millisecond
+	for _, kind := range faultClientKinds {
+		for _, fault := range []string{"closed port", "unanswered dial"} {
+			t.Run(kind.name+"/"+fault, func(t *testing.T) {
+				o := &redis.Options{Addr: closed}
+				kind.opts(o)
+				if fault == "unanswered dial" {
+					o.Dialer = func(ctx context.Context, _, _ string) (net.Conn, error) {
+						<-ctx.Done()
+						return nil, ctx.Err()
+					}
+				}
+				c := redis.NewClient(o)
+				t.Cleanup(func() { _ = c.Close() })
+				ths := faultThrottles(t, NewRedisStore(c), "unreachable/"+kind.name, time.Millisecond, timeout)
+				for _, th := range ths {
+					for range 3 {
+						start := time.Now()
+						ok, err := faultDecide(context.Background(), th)
+						elapsed := time.Since(start)
+						assert.ErrorIs(t, err, ErrStoreUnavailable, "%q with a %s", th.key, fault)
+						assert.False(t, ok, "%q with a %s: admitted (want fail closed)", th.key, fault)
+						assert.Less(t, elapsed, time.Second, "%q with a %s and a %v timeout took %v", th.key, fault, timeout, elapsed)
+					}
+				}
+			})
+		}
+	}
 }

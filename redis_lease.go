@@ -5,6 +5,9 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -101,27 +104,98 @@ func (s *RedisStore) ReleaseLease(ctx context.Context, key string, req Request, 
 // release pushes a wake-up (a release since the caller's last TakeLease
 // left one there), after d, or when ctx ends. Each waiter holds one pooled
 // connection of the client for as long as it waits, so size the pool
-// (PoolSize) for the waiters as well as the other calls. Redis's BLPOP
-// timeout is whole seconds; d is kept by the context, and a wait that ends
-// that way closes its connection when the client honours context deadlines
-// (ContextTimeoutEnabled).
+// (PoolSize) for the waiters as well as the other calls.
+//
+// BLPOP's timeout is d itself, in fractional seconds (Redis 6 and newer;
+// Redis 5 gets whole seconds, rounded up), so Redis ends the wait when the
+// caller does; a Cluster or Ring client waits in BLPOPs shorter than its
+// ReadTimeout. The BLPOP runs in a goroutine, which the caller leaves when
+// ctx ends, or awaitSlack after d when Redis has not answered. Should that
+// BLPOP still take a wake-up, the goroutine pushes it back for another
+// waiter. The goroutine ends when go-redis returns.
 func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
-	wctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	secs := max((d + time.Second - 1).Truncate(time.Second), time.Second)
-	err := boundedErr(s, wctx, func(ctx context.Context) error {
-		return s.client.BLPop(ctx, secs, s.name(key, freeSuffix)).Err()
-	})
-	if err == nil || errors.Is(err, redis.Nil) || wctx.Err() != nil {
-		return nil
+	if deadline, ok := ctx.Deadline(); ok {
+		// Redis ends the wait before ctx does, so that its answer arrives
+		// while the caller still waits for it.
+		d = max(min(d, time.Until(deadline)-awaitSlack), time.Millisecond)
 	}
-	if deadline, _ := wctx.Deadline(); !time.Now().Before(deadline) {
-		// The connection's read deadline (wctx's) ended the wait just
-		// before wctx noticed.
+	name := s.name(key, freeSuffix)
+	wctx, cancel := context.WithTimeout(ctx, d+awaitSlack)
+	defer cancel()
+	var claimed atomic.Bool // by the goroutine with its answer, or by the caller leaving
+	done := make(chan error, 1)
+	go func() {
+		woken, err := s.await(wctx, name, d)
+		if claimed.CompareAndSwap(false, true) {
+			done <- err
+		} else if woken {
+			// The caller left: hand the wake-up on to another waiter.
+			s.pushWake(name)
+		}
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-wctx.Done():
+		if claimed.CompareAndSwap(false, true) {
+			return nil
+		}
+		err = <-done // the answer came just now
+	}
+	if err == nil || errors.Is(err, redis.Nil) || ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// awaitSlack is how long after its BLPOP's timeout an AwaitLease waits for
+// Redis's answer.
+const awaitSlack = 100 * time.Millisecond
+
+// await pops a wake-up from the list name, waiting up to d in Redis, and
+// reports whether it got one.
+func (s *RedisStore) await(ctx context.Context, name string, d time.Duration) (bool, error) {
+	for end := time.Now().Add(d); ; {
+		w := d
+		if s.blockMax > 0 {
+			w = min(w, s.blockMax)
+		}
+		woken, err := s.blpop(ctx, name, w)
+		if woken || (err != nil && !errors.Is(err, redis.Nil)) {
+			return woken, err
+		}
+		if d = time.Until(end); d < time.Millisecond {
+			return false, nil
+		}
+	}
+}
+
+// blpop runs one BLPOP on name, with a timeout of d in Redis.
+func (s *RedisStore) blpop(ctx context.Context, name string, d time.Duration) (bool, error) {
+	if s.blockMax >= 0 && !s.wholeSeconds.Load() {
+		secs := strconv.FormatFloat(float64(millis(ceilMillis(d)))/1000, 'f', 3, 64)
+		err := s.client.Do(s.on(ctx), "blpop", name, secs).Err()
+		if err == nil || !strings.Contains(err.Error(), "timeout is not an integer") {
+			return err == nil, err
+		}
+		s.wholeSeconds.Store(true) // Redis 5
+	}
+	// BLPop sets go-redis's read timeout from its own timeout.
+	err := s.client.BLPop(s.on(ctx), max(ceilMillis(d).Truncate(time.Second), time.Second), name).Err()
+	return err == nil, err
+}
+
+// pushWake pushes back a wake-up that a BLPOP took for a caller that had
+// left, with the expiry a release gives it.
+func (s *RedisStore) pushWake(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, _ = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, name, "1")
+		p.PExpire(ctx, name, leaseWakeTTL)
+		return nil
+	})
 }

@@ -83,12 +83,17 @@ const (
 // needed.
 //
 // A RedisStore is safe for concurrent use and starts no goroutine of its
-// own, except as described for clients without ContextTimeoutEnabled.
+// own, except as described in NewRedisStore and AwaitLease.
 type RedisStore struct {
-	client  redis.UniversalClient
-	prefix  string
-	bounded bool          // the client honours context deadlines
-	next    atomic.Uint32 // the slot a call tries first is next % limit
+	client   redis.UniversalClient
+	prefix   string
+	bounded  bool            // commands on the client (see on) end at the context's deadline
+	timeouts *timeoutClients // clones of a *redis.Client without ContextTimeoutEnabled
+	cloned   bool            // commands go to the clones (see on)
+	next     atomic.Uint32   // the slot a call tries first is next % limit
+
+	blockMax     time.Duration // longest BLPOP (0: any; -1: whole seconds only)
+	wholeSeconds atomic.Bool   // the server takes BLPOP timeouts in whole seconds
 }
 
 // A RedisOption configures a RedisStore.
@@ -115,16 +120,42 @@ func WithKeyPrefix(prefix string) RedisOption {
 // *redis.Ring works too, but moves keys when its shards change, which
 // restarts throttles from empty state.
 //
-// Every decision is bounded by the throttle's timeout (WithTimeout). When c
-// was made with ContextTimeoutEnabled (recommended), go-redis itself stops
-// at that deadline. Otherwise, and for an AutoPipeliner (which does not
-// honour a queued command's context), each call runs in a goroutine that
-// the caller leaves when the timeout ends; that goroutine ends when
-// go-redis returns (at its ReadTimeout at worst).
+// Every decision is bounded by the throttle's timeout (WithTimeout):
+//   - When c was made with ContextTimeoutEnabled, go-redis itself stops at
+//     the decision's deadline.
+//   - A *redis.Client without it (the go-redis default, also what
+//     NewFailoverClient returns) sends each command through a clone made by
+//     its WithTimeout, sharing its pool, dialer and hooks, whose read and
+//     write timeouts end with the decision (rounded up by at most 1/16):
+//     as cheap as the recommended client, and in the caller's goroutine.
+//     The clones are made when first used and keep the hooks c had then:
+//     add hooks to c before its first decision. A socket read that began
+//     late (after waiting for a pooled connection or dialling one, which
+//     end at the deadline) can end up to the timeout after it began.
+//   - A *redis.ClusterClient or *redis.Ring without ContextTimeoutEnabled
+//     (they have no WithTimeout), and an AutoPipeliner (which does not
+//     honour a queued command's context), run each call in a goroutine
+//     that the caller leaves when the timeout ends; that goroutine ends
+//     when go-redis returns (at its ReadTimeout at worst).
 //
 // NewRedisStore panics if the key prefix contains '{' or '}'.
 func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {
 	s := &RedisStore{client: c, prefix: DefaultKeyPrefix, bounded: honoursDeadlines(c)}
+	switch v := c.(type) {
+	case *redis.Client:
+		if s.bounded {
+			s.blockMax = blockMax(v.Options().ReadTimeout)
+		} else {
+			s.timeouts = newTimeoutClients(v)
+			s.cloned, s.bounded = true, true
+		}
+	case *redis.ClusterClient:
+		s.blockMax = blockMax(v.Options().ReadTimeout)
+	case *redis.Ring:
+		s.blockMax = blockMax(v.Options().ReadTimeout)
+	default:
+		s.blockMax = -1 // ReadTimeout unknown: BLPop sets its own
+	}
 	for _, o := range opts {
 		if o != nil {
 			o.applyRedis(s)
@@ -151,6 +182,15 @@ func honoursDeadlines(c redis.UniversalClient) bool {
 		return v.Options().ContextTimeoutEnabled
 	}
 	return false
+}
+
+// blockMax returns the longest BLPOP timeout for a client with
+// readTimeout, leaving a quarter of it for the answer: any for none.
+func blockMax(readTimeout time.Duration) time.Duration {
+	if readTimeout <= 0 {
+		return 0
+	}
+	return max(readTimeout-readTimeout/4, time.Millisecond)
 }
 
 // name returns the Redis key of key with suffix: the prefix, then key in a
@@ -204,14 +244,14 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 // a hold, so the next Take is admitted. It is one command.
 func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return retryTryAgain(ctx, func() error { return s.client.Del(ctx, s.Keys(key, req.Limit)...).Err() })
+		return retryTryAgain(ctx, func() error { return s.client.Del(s.on(ctx), s.Keys(key, req.Limit)...).Err() })
 	})
 }
 
-// bounded returns f(ctx) once ctx ends at the latest. When s's client
-// honours context deadlines, go-redis itself stops there and f runs in the
-// caller's goroutine. Otherwise f runs in a goroutine of its own, which the
-// caller leaves when ctx ends; it ends when go-redis returns.
+// bounded returns f(ctx) once ctx ends at the latest. When the commands
+// that f sends on s.on(ctx) end at ctx's deadline, f runs in the caller's
+// goroutine. Otherwise f runs in a goroutine of its own, which the caller
+// leaves when ctx ends; it ends when go-redis returns.
 func bounded[T any](s *RedisStore, ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	if s.bounded {
 		return f(ctx)
@@ -253,10 +293,10 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 	}
 	// The hot path: one SET NX PX on the slot expected to be free.
 	name := s.name(key, slotSuffix[i])
-	ok, err := s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result()
+	ok, err := s.client.SetNX(s.on(ctx), name, "1", ceilMillis(req.Interval)).Result()
 	if err != nil && unsettled(err) {
 		err = retryTryAgain(ctx, func() error {
-			ok, err = s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result()
+			ok, err = s.client.SetNX(s.on(ctx), name, "1", ceilMillis(req.Interval)).Result()
 			return err
 		})
 	}
@@ -313,7 +353,7 @@ func slotReservation(v []int64) Reservation {
 func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (Reservation, error) {
 	keys := []string{s.name(key, windowSuffix)}
 	if req.Permits > 1 && req.MaxWait <= 0 {
-		v, err := windowScript.Run(ctx, s.client, keys,
+		v, err := windowScript.Run(s.on(ctx), s.client, keys,
 			"p", micros(req.Interval), req.Limit, req.Permits, micros(req.Validity)).Int64Slice()
 		if err != nil {
 			return Reservation{}, err
@@ -327,7 +367,7 @@ func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (R
 	if req.MaxWait > 0 {
 		mark = rand.Uint64()
 	}
-	v, err := windowScript.Run(ctx, s.client, keys,
+	v, err := windowScript.Run(s.on(ctx), s.client, keys,
 		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10)).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
@@ -349,14 +389,14 @@ func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (R
 func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Reservation) error {
 	var err error
 	if req.Limit > maxSlots {
-		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
+		err = windowScript.Run(s.on(ctx), s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
 			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10)).Err()
 	} else {
 		i := int(res.Slot & 0xff)
 		if i >= req.Limit {
 			return fmt.Errorf("throttle: reservation of slot %d for a limit of %d", i, req.Limit)
 		}
-		err = unbookScript.Run(ctx, s.client, []string{s.name(key, slotSuffix[i])}, strconv.FormatInt(res.Slot>>8, 10)).Err()
+		err = unbookScript.Run(s.on(ctx), s.client, []string{s.name(key, slotSuffix[i])}, strconv.FormatInt(res.Slot>>8, 10)).Err()
 	}
 	if errors.Is(err, redis.Nil) {
 		return nil
@@ -369,7 +409,7 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 func (s *RedisStore) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
 	var cmd *redis.Cmd
 	_ = retryTryAgain(ctx, func() error {
-		cmd = script.Run(ctx, s.client, keys, args...)
+		cmd = script.Run(s.on(ctx), s.client, keys, args...)
 		return cmd.Err()
 	})
 	return cmd

@@ -1,0 +1,140 @@
+package throttle
+
+import (
+	"context"
+	"math/bits"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// timeoutClients bounds the commands of a *redis.Client made without
+// ContextTimeoutEnabled, which go-redis runs with the client's own read and
+// write timeouts whatever the context's deadline. A command whose context
+// ends r from now runs on a clone of the client made by
+// redis.Client.WithTimeout (the same pool and dialer, read and write
+// timeouts of its own) whose timeouts are r rounded up by at most 1/16 (at
+// least 1 ms): each socket read or write of the command then ends by the
+// context's deadline plus that rounding, and a read that runs out does so
+// after the deadline, so go-redis does not retry it (it retries only while
+// the context lasts). Waiting for a pooled connection, dialling one, and
+// the pauses between retries end at the context's deadline in go-redis.
+//
+// The clones are made when first needed and kept, at most 17 per doubling
+// of the timeout (the decisions of one throttle use one or two).
+//
+// go-redis's clones have none of the client's hooks (v9.23), so the command
+// is sent on the client itself, through its hooks, in a context that names
+// the clone (routedContext), and routeHook, added to the client after the
+// hooks it had, sends it on the clone.
+type timeoutClients struct {
+	c      *redis.Client
+	clones [timeoutSlots]atomic.Pointer[redis.Client]
+}
+
+// The timeouts of the clones are m << e ns, with m in [16, 32] and e from
+// minTimeoutShift (about 1 ms) to maxTimeoutShift (about 13 days).
+const (
+	minTimeoutShift = 16
+	maxTimeoutShift = 46
+	timeoutSlots    = (maxTimeoutShift - minTimeoutShift + 1) * 17
+	minCloneTimeout = 16 << minTimeoutShift // 1.05 ms
+	maxCloneTimeout = 16 << maxTimeoutShift // 13 days
+)
+
+func newTimeoutClients(c *redis.Client) *timeoutClients {
+	addRouteHook(c)
+	return &timeoutClients{c: c}
+}
+
+// roundTimeout returns the timeout of the clone for r and its slot: r,
+// clamped to [minCloneTimeout, maxCloneTimeout], rounded up to a multiple
+// of 1/16 of its highest power of two.
+func roundTimeout(r time.Duration) (time.Duration, int) {
+	r = min(max(r, minCloneTimeout), maxCloneTimeout)
+	e := bits.Len64(uint64(r)) - 5 // r >> e is in [16, 32)
+	m := (uint64(r) + 1<<e - 1) >> e
+	return time.Duration(m << e), (e-minTimeoutShift)*17 + int(m-16)
+}
+
+// forTimeout returns the clone whose read and write timeouts are at least
+// r and at most 1/16 more (within [minCloneTimeout, maxCloneTimeout]).
+func (t *timeoutClients) forTimeout(r time.Duration) *redis.Client {
+	d, i := roundTimeout(r)
+	if c := t.clones[i].Load(); c != nil {
+		return c
+	}
+	c := t.c.WithTimeout(d)
+	if t.clones[i].CompareAndSwap(nil, c) {
+		return c
+	}
+	return t.clones[i].Load() // another call made it first
+}
+
+// on returns the context to send a command of the store with on behalf of
+// ctx. For a *redis.Client without ContextTimeoutEnabled, when ctx has a
+// deadline, it routes the command to the clone that ends with ctx.
+func (s *RedisStore) on(ctx context.Context) context.Context {
+	if !s.cloned {
+		return ctx
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return ctx
+	}
+	return &routedContext{Context: ctx, client: s.timeouts.forTimeout(time.Until(deadline))}
+}
+
+// routedContext is a command's context that names the clone to send it on.
+type routedContext struct {
+	context.Context
+	client *redis.Client
+}
+
+// routeKey is the key under which a routedContext gives its clone.
+type routeKey struct{}
+
+func (c *routedContext) Value(key any) any {
+	if key == (routeKey{}) {
+		return c.client
+	}
+	return c.Context.Value(key)
+}
+
+// routeHook sends a command whose context names a clone (routedContext) on
+// that clone, once the hooks added to the client before it have seen it.
+// Other commands pass through.
+type routeHook struct{}
+
+func (routeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (routeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if c, ok := ctx.Value(routeKey{}).(*redis.Client); ok {
+			return c.Process(ctx, cmd)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (routeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// routed holds the clients that have a routeHook, so that each gets one
+// however many stores use it; an entry goes when its client is collected.
+var routed sync.Map // weak.Pointer[redis.Client] → struct{}
+
+// addRouteHook adds routeHook to c unless it has it.
+func addRouteHook(c *redis.Client) {
+	p := weak.Make(c)
+	if _, loaded := routed.LoadOrStore(p, struct{}{}); loaded {
+		return
+	}
+	c.AddHook(routeHook{})
+	runtime.AddCleanup(c, func(p weak.Pointer[redis.Client]) { routed.Delete(p) }, p)
+}
