@@ -162,9 +162,12 @@ func BenchmarkRedis(b *testing.B) {
 		throttleCase(b, "throttle/limit1", c, 1),
 		throttleCase(b, "throttle/limit10", c, 10),
 		throttleCase(b, "throttle/limit100", c, 100),
-		// A client without ContextTimeoutEnabled: each decision runs in a
-		// goroutine that the caller can leave at the timeout.
+		// A client without ContextTimeoutEnabled (go-redis's default): the
+		// commands run on a WithTimeout clone (redis_timeout.go).
 		keyedCase(b, "keyed/limit1/noctxtimeout", plain, 1),
+		keyedCase(b, "keyed/limit10/noctxtimeout", plain, 10),
+		throttleCase(b, "throttle/limit1/noctxtimeout", plain, 1),
+		throttleCase(b, "throttle/limit10/noctxtimeout", plain, 10),
 		scriptCase("script/return1", c, benchReturn1),
 		scriptCase("script/1call", c, benchOneCall),
 		scriptCase("script/3calls", c, benchThreeCalls),
@@ -186,12 +189,19 @@ func BenchmarkAllowOverhead(b *testing.B) {
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
 	b.Cleanup(func() { _ = c.Close() })
 	c.AddHook(answerSetNX{})
+	// go-redis's default options (no ContextTimeoutEnabled): the commands go
+	// through the clones' routing (redis_timeout.go).
+	dc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	b.Cleanup(func() { _ = dc.Close() })
+	dc.AddHook(answerSetNX{})
 	runCases(b, []benchCase{
 		floorCase(c),
 		keyedCase(b, "keyed/limit1", c, 1),
 		keyedCase(b, "keyed/limit10", c, 10),
 		throttleCase(b, "throttle/limit1", c, 1),
 		throttleCase(b, "throttle/limit10", c, 10),
+		keyedCase(b, "keyed/limit1/default", dc, 1),
+		throttleCase(b, "throttle/limit1/default", dc, 1),
 	}, false)
 }
 

@@ -31,16 +31,29 @@ import (
 //     minute) admitted by the old primary just before it died whose keys
 //     the new primary does not have, so that it would admit them again
 //     within their interval.
+//
+// It runs on a failover client with ContextTimeoutEnabled and on one with
+// go-redis's default (without it).
 func TestSentinelFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("failover test skipped in -short mode")
 	}
 	t.Parallel()
+	for _, cte := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ContextTimeoutEnabled=%v", cte), func(t *testing.T) {
+			t.Parallel()
+			testSentinelFailover(t, cte)
+		})
+	}
+}
+
+func testSentinelFailover(t *testing.T, cte bool) {
 	setup := time.Now()
 	sn := redistest.StartSentinel(t, 1)
 	t.Logf("primary, replica and Sentinel ready in %v", time.Since(setup).Round(time.Millisecond))
 	c := sn.Client(t, func(o *redis.FailoverOptions) {
 		o.DialTimeout = 200 * time.Millisecond
+		o.ContextTimeoutEnabled = cte
 	})
 	store := NewRedisStore(c, WithKeyPrefix("failover:"))
 	const (

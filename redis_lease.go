@@ -194,7 +194,7 @@ func (s *RedisStore) pushWake(name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_, _ = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.LPush(ctx, name, "1")
+		p.RPush(ctx, name, "1")
 		p.PExpire(ctx, name, leaseWakeTTL)
 		return nil
 	})

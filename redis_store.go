@@ -80,7 +80,8 @@ const (
 //
 // Scripts run with EVALSHA and fall back to EVAL when the server has lost
 // its script cache (restart, failover, new shard). Redis 5 or newer is
-// needed.
+// needed; Redis 6 or newer for waits on a cap that end exactly on time
+// (see AwaitLease).
 //
 // A RedisStore is safe for concurrent use and starts no goroutine of its
 // own, except as described in NewRedisStore and AwaitLease.
@@ -124,14 +125,16 @@ func WithKeyPrefix(prefix string) RedisOption {
 //   - When c was made with ContextTimeoutEnabled, go-redis itself stops at
 //     the decision's deadline.
 //   - A *redis.Client without it (the go-redis default, also what
-//     NewFailoverClient returns) sends each command through a clone made by
-//     its WithTimeout, sharing its pool, dialer and hooks, whose read and
-//     write timeouts end with the decision (rounded up by at most 1/16):
-//     as cheap as the recommended client, and in the caller's goroutine.
-//     The clones are made when first used and keep the hooks c had then:
-//     add hooks to c before its first decision. A socket read that began
-//     late (after waiting for a pooled connection or dialling one, which
-//     end at the deadline) can end up to the timeout after it began.
+//     NewFailoverClient returns) runs each command in the caller's
+//     goroutine, as cheaply as the recommended client, on a clone made by
+//     c.WithTimeout (the same pool and dialer) whose read and write
+//     timeouts end with the decision, rounded up by at most 1/16. The
+//     command still goes through c's hooks: NewRedisStore adds one hook to
+//     c (once per client), after the hooks c has, that sends the store's
+//     commands on to the clone and lets every other command through; a
+//     hook added to c later does not see the store's commands. Waiting for
+//     a pooled connection or dialling one ends at the deadline; a socket
+//     read that begins only then may run for its timeout from there.
 //   - A *redis.ClusterClient or *redis.Ring without ContextTimeoutEnabled
 //     (they have no WithTimeout), and an AutoPipeliner (which does not
 //     honour a queued command's context), run each call in a goroutine

@@ -30,7 +30,8 @@ import (
 // workloads every call is on one key whose limit is used up, and an
 // admission fails the benchmark.
 //
-// Libraries, all on the same go-redis client and the same key schedule:
+// Libraries, all on the same go-redis client (but the -default ones) and
+// the same key schedule:
 //
 //   - floor: a bare SET key 1 NX PX interval (go-redis SetNX) on each key;
 //     its answer is not checked (on a hot key it is "not set");
@@ -38,6 +39,9 @@ import (
 //     default options;
 //   - dthrottle-throttle: a *throttle.Throttle made beforehand for each key,
 //     Throttle.Allow(ctx);
+//   - floor-default, dthrottle-default, dthrottle-throttle-default
+//     (Allowed workloads): the floor, dthrottle and dthrottle-throttle on
+//     a client with go-redis's default options (no ContextTimeoutEnabled);
 //   - dthrottle-nocache (Denied workloads): a Keyed with
 //     throttle.WithDenyCache(false), so every call asks Redis;
 //   - redis_rate, throttled, ulule: the peers, keyed per call.
@@ -166,8 +170,10 @@ func limiterLib(name string, l Limiter) lib {
 
 // throttleLib makes a *throttle.Throttle for each key beforehand and decides
 // each call with its Allow.
-func throttleLib(c *redis.Client, l Limit) lib {
-	return lib{"dthrottle-throttle", func(keys []string) decider {
+func throttleLib(c *redis.Client, l Limit) lib { return throttleLibNamed("dthrottle-throttle", c, l) }
+
+func throttleLibNamed(name string, c *redis.Client, l Limit) lib {
+	return lib{name, func(keys []string) decider {
 		ths := make([]*throttle.Throttle, len(keys))
 		for i, k := range keys {
 			ths[i] = must(NewDthrottle(c, k, l))
@@ -187,10 +193,16 @@ func benchAllowed(b *testing.B, l Limit, hot bool) {
 	// concurrent goroutines share round trips.
 	ap := must(c.AutoPipeline())
 	b.Cleanup(func() { _ = ap.Close() })
+	// A client with go-redis's default options: no ContextTimeoutEnabled.
+	dc := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	b.Cleanup(func() { _ = dc.Close() })
 	libs := []lib{
 		floorLib(c, l),
 		limiterLib("dthrottle", KeyedLimiter(must(NewDthrottleKeyed(c, l)))),
 		throttleLib(c, l),
+		floorLibNamed("floor-default", dc, l),
+		limiterLib("dthrottle-default", KeyedLimiter(must(NewDthrottleKeyed(dc, l)))),
+		throttleLibNamed("dthrottle-throttle-default", dc, l),
 		limiterLib("redis_rate", NewRedisRate(c, l)),
 		limiterLib("throttled", must(NewThrottled(c, l))),
 		limiterLib("ulule", must(NewUlule(c, l))),
