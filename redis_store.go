@@ -149,7 +149,7 @@ func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {
 		if s.bounded {
 			s.blockMax = blockMax(v.Options().ReadTimeout)
 		} else {
-			s.timeouts = newTimeoutClients(v)
+			s.timeouts = timeoutsFor(v)
 			s.cloned, s.bounded = true, true
 		}
 	case *redis.ClusterClient:
@@ -233,7 +233,7 @@ func (s *RedisStore) slots(key string, n int) []string {
 // Take implements Store.
 func (s *RedisStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
 	if s.bounded { // the hot path, without the closure of bounded
-		return s.take(ctx, key, req)
+		return s.take(s.on(ctx), key, req)
 	}
 	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.take(ctx, key, req) })
 }
@@ -251,13 +251,14 @@ func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	})
 }
 
-// bounded returns f(ctx) once ctx ends at the latest. When the commands
-// that f sends on s.on(ctx) end at ctx's deadline, f runs in the caller's
-// goroutine. Otherwise f runs in a goroutine of its own, which the caller
-// leaves when ctx ends; it ends when go-redis returns.
+// bounded returns f(ctx) once ctx ends at the latest. When the client's
+// commands end at ctx's deadline (with the routing of s.on, which f gets
+// its ctx through, so that no command of f misses it), f runs in the
+// caller's goroutine. Otherwise f runs in a goroutine of its own, which the
+// caller leaves when ctx ends; it ends when go-redis returns.
 func bounded[T any](s *RedisStore, ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	if s.bounded {
-		return f(ctx)
+		return f(s.on(ctx))
 	}
 	type result struct {
 		v   T

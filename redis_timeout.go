@@ -31,8 +31,11 @@ import (
 // is sent on the client itself, through its hooks, in a context that names
 // the clone (routedContext), and routeHook, added to the client after the
 // hooks it had, sends it on the clone.
+//
+// The clones of a client are shared by every store that uses it (a store
+// per throttle is common), and dropped with the client.
 type timeoutClients struct {
-	c      *redis.Client
+	hook   sync.Once // adds routeHook to the client
 	clones [timeoutSlots]atomic.Pointer[redis.Client]
 }
 
@@ -46,9 +49,24 @@ const (
 	maxCloneTimeout = 16 << maxTimeoutShift // 13 days
 )
 
-func newTimeoutClients(c *redis.Client) *timeoutClients {
-	addRouteHook(c)
-	return &timeoutClients{c: c}
+// allTimeouts holds the timeoutClients of each client, which does not keep
+// the client alive: an entry goes when its client is collected.
+var allTimeouts sync.Map // weak.Pointer[redis.Client] → *timeoutClients
+
+// timeoutsFor returns the timeoutClients of c, made (and routeHook added
+// to c) if missing.
+func timeoutsFor(c *redis.Client) *timeoutClients {
+	p := weak.Make(c)
+	v, ok := allTimeouts.Load(p)
+	if !ok {
+		var loaded bool
+		if v, loaded = allTimeouts.LoadOrStore(p, new(timeoutClients)); !loaded {
+			runtime.AddCleanup(c, func(p weak.Pointer[redis.Client]) { allTimeouts.Delete(p) }, p)
+		}
+	}
+	t := v.(*timeoutClients)
+	t.hook.Do(func() { c.AddHook(routeHook{}) })
+	return t
 }
 
 // roundTimeout returns the timeout of the clone for r and its slot: r,
@@ -61,14 +79,15 @@ func roundTimeout(r time.Duration) (time.Duration, int) {
 	return time.Duration(m << e), (e-minTimeoutShift)*17 + int(m-16)
 }
 
-// forTimeout returns the clone whose read and write timeouts are at least
-// r and at most 1/16 more (within [minCloneTimeout, maxCloneTimeout]).
-func (t *timeoutClients) forTimeout(r time.Duration) *redis.Client {
+// forTimeout returns the clone of c whose read and write timeouts are at
+// least r and at most 1/16 more (within [minCloneTimeout,
+// maxCloneTimeout]).
+func (t *timeoutClients) forTimeout(c *redis.Client, r time.Duration) *redis.Client {
 	d, i := roundTimeout(r)
 	if c := t.clones[i].Load(); c != nil {
 		return c
 	}
-	c := t.c.WithTimeout(d)
+	c = c.WithTimeout(d)
 	if t.clones[i].CompareAndSwap(nil, c) {
 		return c
 	}
@@ -77,7 +96,10 @@ func (t *timeoutClients) forTimeout(r time.Duration) *redis.Client {
 
 // on returns the context to send a command of the store with on behalf of
 // ctx. For a *redis.Client without ContextTimeoutEnabled, when ctx has a
-// deadline, it routes the command to the clone that ends with ctx.
+// deadline, it routes the command to the clone that ends with ctx (ctx
+// itself when it already routes there). Take and bounded route every
+// store call on entry; a command sent later in the call routes again, to
+// the clone of the time then left.
 func (s *RedisStore) on(ctx context.Context) context.Context {
 	if !s.cloned {
 		return ctx
@@ -86,7 +108,14 @@ func (s *RedisStore) on(ctx context.Context) context.Context {
 	if !ok {
 		return ctx
 	}
-	return &routedContext{Context: ctx, client: s.timeouts.forTimeout(time.Until(deadline))}
+	c := s.timeouts.forTimeout(s.client.(*redis.Client), time.Until(deadline))
+	if r, ok := ctx.(*routedContext); ok {
+		if r.client == c {
+			return ctx
+		}
+		ctx = r.Context
+	}
+	return &routedContext{Context: ctx, client: c}
 }
 
 // routedContext is a command's context that names the clone to send it on.
@@ -123,18 +152,4 @@ func (routeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 func (routeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
-}
-
-// routed holds the clients that have a routeHook, so that each gets one
-// however many stores use it; an entry goes when its client is collected.
-var routed sync.Map // weak.Pointer[redis.Client] → struct{}
-
-// addRouteHook adds routeHook to c unless it has it.
-func addRouteHook(c *redis.Client) {
-	p := weak.Make(c)
-	if _, loaded := routed.LoadOrStore(p, struct{}{}); loaded {
-		return
-	}
-	c.AddHook(routeHook{})
-	runtime.AddCleanup(c, func(p weak.Pointer[redis.Client]) { routed.Delete(p) }, p)
 }
