@@ -3,6 +3,7 @@ package otelthrottle_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,9 +121,11 @@ func runScript(t *testing.T, store throttle.Store, down func(), key string) {
 		sFailedOpen:   1,
 		sFailedClosed: 1,
 	}
+	timed := maps.Clone(decisions)
+	delete(timed, sCached) // the deny cache's decisions are not timed
 	assert.Equal(t, map[string]map[string]int64{
 		otelthrottle.DecisionsName:        decisions,
-		otelthrottle.DecisionDurationName: decisions,
+		otelthrottle.DecisionDurationName: timed,
 		otelthrottle.WaitDurationName:     {sWaitReached: 1, sWaitCanceled: 1},
 		otelthrottle.WaitingName:          {sName: 0},
 		otelthrottle.HoldsName:            {sName: 1, sHoldStoreError: 1},
