@@ -12,31 +12,33 @@ import (
 	"github.com/dthrottle/throttle/otelthrottle"
 )
 
-// BenchmarkOverhead measures what the metrics add to a decision on the
-// memory store: an admitted decision of a Keyed (limit 1 per ms, keys in
-// turn, so every call is admitted) and a denial from the deny cache of a
-// Throttle, each without metrics ("off"), with them ("on", an SDK meter
-// provider with a ManualReader), and with the keys as attributes
-// ("keys").
-func BenchmarkOverhead(b *testing.B) {
+// The benchmarks measure what the metrics add to a decision on the memory
+// store, each without metrics ("off"), with them ("on": an SDK meter
+// provider with a ManualReader) and with the keys as attributes ("keys").
+
+// modes are the three ways a benchmark runs.
+var modes = []struct {
+	name string
+	opts func(b *testing.B) []throttle.Option
+}{
+	{"off", func(*testing.B) []throttle.Option { return nil }},
+	{"on", func(b *testing.B) []throttle.Option { return []throttle.Option{metricsOption(b)} }},
+	{"keys", func(b *testing.B) []throttle.Option {
+		return []throttle.Option{metricsOption(b, otelthrottle.WithKeys())}
+	}},
+}
+
+// BenchmarkAdmitted measures an admitted decision of a Keyed: limit 1 per
+// ms, keys in turn, so that every call is admitted.
+func BenchmarkAdmitted(b *testing.B) {
 	ctx := context.Background()
 	const keys = 1 << 15 // a key comes back after 32k calls: more than 1 ms
 	names := make([]string, keys)
 	for i := range names {
 		names[i] = "k" + strconv.Itoa(i)
 	}
-	modes := []struct {
-		name string
-		opts func(b *testing.B) []throttle.Option
-	}{
-		{"off", func(*testing.B) []throttle.Option { return nil }},
-		{"on", func(b *testing.B) []throttle.Option { return []throttle.Option{metricsOption(b)} }},
-		{"keys", func(b *testing.B) []throttle.Option {
-			return []throttle.Option{metricsOption(b, otelthrottle.WithKeys())}
-		}},
-	}
 	for _, m := range modes {
-		b.Run("admitted/"+m.name, func(b *testing.B) {
+		b.Run(m.name, func(b *testing.B) {
 			k, err := throttle.NewKeyed(time.Millisecond, m.opts(b)...)
 			if err != nil {
 				b.Fatal(err)
@@ -52,8 +54,14 @@ func BenchmarkOverhead(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkDeniedByCache measures a denial from the deny cache of a
+// Throttle.
+func BenchmarkDeniedByCache(b *testing.B) {
+	ctx := context.Background()
 	for _, m := range modes {
-		b.Run("denied/cache/"+m.name, func(b *testing.B) {
+		b.Run(m.name, func(b *testing.B) {
 			th, err := throttle.New("k", time.Hour, m.opts(b)...)
 			if err != nil {
 				b.Fatal(err)

@@ -37,8 +37,8 @@
 //	    Calls waiting for a start booked ahead. Like
 //	    aspnetcore.rate_limiting.queued_requests.
 //	dthrottle.holds              counter, {hold}
-//	    Holds set with Hold (httpthrottle sets one on a 429); error.type
-//	    when the hold did not reach the store.
+//	    Holds set with Hold (httpthrottle sets one on a 429 or 503 with
+//	    Retry-After); error.type when the hold did not reach the store.
 //	dthrottle.leases.active      up-down counter, {lease}
 //	    Leases of the concurrency cap (throttle.WithConcurrency) held in
 //	    this process. Like aspnetcore.rate_limiting.active_request_leases.
@@ -60,6 +60,10 @@
 // dthrottle.wait.duration with dthrottle.outcome allowed (it reached its
 // start), throttled (the time left could not cover the delay, and the call
 // returned throttled) or error with error.type canceled (its context ended).
+// An Acquire that waits for a free lease (WithConcurrency with WithWait)
+// asks the store again each time a lease may have come free: each of its
+// attempts is a decision, throttled until one is allowed, and that time is
+// not in dthrottle.wait.duration.
 //
 // # The degraded signal
 //
@@ -82,7 +86,8 @@
 // the SDK's: with go.opentelemetry.io/otel/sdk/metric, a few hundred
 // nanoseconds per decision, which is several times the cost of a denial
 // from the deny cache without metrics, and small beside a Redis round
-// trip. BenchmarkOverhead in this package measures the admitted decision
-// and the denial from the deny cache with and without metrics;
+// trip. BenchmarkAdmitted and BenchmarkDeniedByCache in this package
+// measure the admitted decision and the denial from the deny cache with
+// and without metrics;
 // docs/benchmarks.md has the figures.
 package otelthrottle

@@ -11,7 +11,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/dthrottle/throttle"
@@ -303,4 +306,32 @@ func TestObserveClassifiesEvents(t *testing.T) {
 	assert.Equal(t, map[string]int64{sName: 0}, got[otelthrottle.WaitingName], "calls waiting")
 	assert.Equal(t, map[string]int64{sAllowed: 1, sFailedClosed: 1}, got[otelthrottle.DecisionsName], "decisions")
 	assert.Equal(t, map[string]int64{"dthrottle.name=api,error.type=canceled": 1}, got[otelthrottle.HoldsName], "holds")
+}
+
+// refusingProvider is a meter provider whose meters refuse the decisions
+// counter.
+type refusingProvider struct{ noop.MeterProvider }
+
+func (refusingProvider) Meter(string, ...metric.MeterOption) metric.Meter { return refusingMeter{} }
+
+type refusingMeter struct{ noop.Meter }
+
+var errRefused = errors.New("instrument refused")
+
+func (refusingMeter) Int64Counter(string, ...metric.Int64CounterOption) (metric.Int64Counter, error) {
+	return noop.Int64Counter{}, errRefused
+}
+
+func TestRefusedInstrument(t *testing.T) {
+	_, err := otelthrottle.New("api", otelthrottle.WithMeterProvider(refusingProvider{}))
+	assert.ErrorIs(t, err, errRefused, "New on a meter that refuses an instrument")
+
+	var handled []error
+	prev := otel.GetErrorHandler()
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { handled = append(handled, err) }))
+	t.Cleanup(func() { otel.SetErrorHandler(prev) })
+	assert.Nil(t, otelthrottle.WithMetrics("api", otelthrottle.WithMeterProvider(refusingProvider{})),
+		"WithMetrics on a meter that refuses an instrument")
+	require.Len(t, handled, 1, "errors given to otel.Handle")
+	assert.ErrorIs(t, handled[0], errRefused)
 }
