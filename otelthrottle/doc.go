@@ -28,7 +28,8 @@
 //	dthrottle.decision.duration  histogram, s
 //	    How long each decision that asked the store took, round trip
 //	    included; the attributes of dthrottle.decisions. The deny cache
-//	    answers in well under a microsecond and is not timed.
+//	    and leased permits answer in well under a microsecond and are
+//	    not timed.
 //	dthrottle.wait.duration      histogram, s
 //	    How long calls that booked a start ahead (throttle.WithWait,
 //	    Wait) waited for it; dthrottle.outcome, and error.type when the
@@ -50,6 +51,7 @@
 //
 //	dthrottle.outcome  dthrottle.source  error.type         what happened
 //	allowed            store             -                  the store admitted the call (now, or booked ahead)
+//	allowed            permit            -                  a leased permit admitted it, without the store (throttle.WithPermitBatch)
 //	throttled          store             -                  the store refused it (the limit, or the cap)
 //	throttled          deny_cache        -                  the deny cache refused it, without the store
 //	allowed            store             store_unavailable  the store failed; WithFailOpen or WithFallback admitted it

@@ -3,6 +3,7 @@ package otelthrottle_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,7 @@ import (
 // The series of the scripted sequence, named as series names them.
 const (
 	sAllowed        = "dthrottle.name=api,dthrottle.outcome=allowed,dthrottle.source=store"
+	sPermit         = "dthrottle.name=api,dthrottle.outcome=allowed,dthrottle.source=permit"
 	sThrottled      = "dthrottle.name=api,dthrottle.outcome=throttled,dthrottle.source=store"
 	sCached         = "dthrottle.name=api,dthrottle.outcome=throttled,dthrottle.source=deny_cache"
 	sFailedOpen     = "dthrottle.name=api,dthrottle.outcome=allowed,dthrottle.source=store,error.type=store_unavailable"
@@ -38,8 +40,9 @@ const (
 // runScript runs the scripted sequence on store, with the metrics named
 // "api" read by a ManualReader, and checks every data point of every
 // instrument. down makes the store fail from then on. key is a key that no
-// other test uses on the store.
-func runScript(t *testing.T, store throttle.Store, down func(), key string) {
+// other test uses on the store. With permits, the store leases permits
+// (throttle.WithPermitBatch), and the script spends some.
+func runScript(t *testing.T, store throttle.Store, down func(), key string, permits bool) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
@@ -103,6 +106,25 @@ func runScript(t *testing.T, store throttle.Store, down func(), key string) {
 	assert.Equal(t, map[string]int64{sName: 1}, points(mustCollect(t, reader))[otelthrottle.LeasesActiveName], "leases held")
 	lease.Release()
 
+	// Leased permits: a limit above 64, called often enough that the
+	// throttle takes batches. An observer of its own counts the events
+	// that a permit answered.
+	var fromPermits, fromStore int64
+	if permits {
+		ph := newThrottle(key+":permits", 10*time.Second, throttle.WithLimit(1000), throttle.WithObserver(func(e throttle.Event) {
+			m.Observe(e)
+			if e.Permit {
+				fromPermits++
+			} else {
+				fromStore++
+			}
+		}))
+		for i := range 50 {
+			allow(ph, true, fmt.Sprintf("Allow %d of a throttle with leased permits", i))
+		}
+		require.Positive(t, fromPermits, "decisions that a leased permit answered, of 50 in a row")
+	}
+
 	// The store down: fail closed, fail open, and a hold that fails.
 	down()
 	closed := newThrottle(key+":down", time.Hour)
@@ -124,8 +146,13 @@ func runScript(t *testing.T, store throttle.Store, down func(), key string) {
 		sFailedOpen:   1,
 		sFailedClosed: 1,
 	}
+	if permits {
+		decisions[sAllowed] += fromStore
+		decisions[sPermit] = fromPermits
+	}
 	timed := maps.Clone(decisions)
-	delete(timed, sCached) // the deny cache's decisions are not timed
+	delete(timed, sCached) // the deny cache's and permits' decisions are not timed
+	delete(timed, sPermit)
 	assert.Equal(t, map[string]map[string]int64{
 		otelthrottle.DecisionsName:        decisions,
 		otelthrottle.DecisionDurationName: timed,
@@ -147,7 +174,7 @@ func runScript(t *testing.T, store throttle.Store, down func(), key string) {
 
 func TestScriptOnMemoryStore(t *testing.T) {
 	store := &failingStore{MemoryStore: throttle.NewMemoryStore()}
-	runScript(t, store, func() { store.down.Store(true) }, "k")
+	runScript(t, store, func() { store.down.Store(true) }, "k", false)
 }
 
 func TestScriptOnRedis(t *testing.T) {
@@ -155,7 +182,7 @@ func TestScriptOnRedis(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = client.Close() })
 	// The server is the test's own, and stopped at its end.
-	runScript(t, throttle.NewRedisStore(client), srv.Stop, "otelthrottle:script")
+	runScript(t, throttle.NewRedisStore(client), srv.Stop, "otelthrottle:script", true)
 }
 
 // failingStore is a MemoryStore that fails every decision, hold and lease
