@@ -76,6 +76,16 @@ func points(got map[string]instrument) map[string]map[string]int64 {
 	return out
 }
 
+// newProvider returns an SDK meter provider read by a ManualReader, shut
+// down at the end of t.
+func newProvider(t *testing.T) (*sdkmetric.ManualReader, *sdkmetric.MeterProvider) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	return reader, mp
+}
+
 func mustCollect(t *testing.T, r *sdkmetric.ManualReader) map[string]instrument {
 	t.Helper()
 	got, err := collect(r)

@@ -53,7 +53,7 @@ var (
 )
 
 // Metrics records the events of the throttles it observes as OpenTelemetry
-// measurements, under one name. Make it with New and pass Option to
+// measurements, under one name. Make it with New and pass its Option to
 // throttle.New, throttle.NewKeyed or a Wrap function, or call Observe from
 // an observer of your own.
 //

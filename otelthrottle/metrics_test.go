@@ -16,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/dthrottle/throttle"
 	"github.com/dthrottle/throttle/internal/redistest"
@@ -43,9 +42,7 @@ const (
 // other test uses on the store. With permits, the store leases permits
 // (throttle.WithPermitBatch), and the script spends some.
 func runScript(t *testing.T, store throttle.Store, down func(), key string, permits bool) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	reader, mp := newProvider(t)
 	metrics := otelthrottle.WithMetrics("api", otelthrottle.WithMeterProvider(mp))
 	newThrottle := func(key string, interval time.Duration, opts ...throttle.Option) *throttle.Throttle {
 		t.Helper()
@@ -216,8 +213,7 @@ func (s *failingStore) Hold(ctx context.Context, key string, req throttle.Reques
 }
 
 func TestInstrumentsHaveUnitsAndDescriptions(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	reader, mp := newProvider(t)
 	m, err := otelthrottle.New("api", otelthrottle.WithMeterProvider(mp))
 	require.NoError(t, err)
 	// One event of each kind, so that every instrument reports.
@@ -253,8 +249,7 @@ func TestInstrumentsHaveUnitsAndDescriptions(t *testing.T) {
 // default, and are with WithKeys.
 func TestKeysOnlyOnRequest(t *testing.T) {
 	for _, withKeys := range []bool{false, true} {
-		reader := sdkmetric.NewManualReader()
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		reader, mp := newProvider(t)
 		opts := []otelthrottle.Option{otelthrottle.WithMeterProvider(mp), otelthrottle.WithAttributes(attribute.String("region", "eu"))}
 		if withKeys {
 			opts = append(opts, otelthrottle.WithKeys())
@@ -294,8 +289,7 @@ func (s cancelingStore) Take(context.Context, string, throttle.Request) (throttl
 }
 
 func TestDecisionCanceledByContext(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	reader, mp := newProvider(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	th, err := throttle.New("k", time.Hour, throttle.WithStore(cancelingStore{throttle.NewMemoryStore(), cancel}),
@@ -316,8 +310,7 @@ func TestEmptyName(t *testing.T) {
 // TestObserveClassifiesEvents feeds Observe the events that the scripts
 // above cannot make happen on demand.
 func TestObserveClassifiesEvents(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	reader, mp := newProvider(t)
 	m, err := otelthrottle.New("api", otelthrottle.WithMeterProvider(mp))
 	require.NoError(t, err)
 	storeErr := &throttle.StoreError{Key: "k", Err: errDown}
