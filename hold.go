@@ -82,15 +82,21 @@ func (c *core) hold(ctx context.Context, key string, e *entry, d time.Duration) 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
 	defer cancel()
-	if err := h.Hold(cctx, key, c.request(0), d); err != nil {
+	err := h.Hold(cctx, key, c.request(0), d)
+	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			err = ctx.Err()
+		} else {
+			err = &StoreError{Key: key, Err: err}
 		}
-		return &StoreError{Key: key, Err: err}
 	}
-	return nil
+	if c.cfg.observer != nil {
+		c.cfg.observer(Event{Kind: EventHold, Key: key, RetryAfter: d, Err: err, Latency: time.Since(start)})
+	}
+	return err
 }
 
 func (c *core) held(ctx context.Context, key string) (time.Duration, error) {

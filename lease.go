@@ -73,6 +73,7 @@ type Lease struct {
 	released bool
 	renewing sync.WaitGroup
 	once     sync.Once
+	taken    time.Time // when it was made, for the observer
 }
 
 // Context returns a context that ends when the lease is released or lost
@@ -96,6 +97,9 @@ func (l *Lease) Release() {
 		l.mu.Unlock()
 		l.renewing.Wait()
 		l.cancel(ErrLeaseReleased)
+		if l.c.cfg.observer != nil {
+			l.c.cfg.observer(Event{Kind: EventLeaseReleased, Key: l.key, Held: time.Since(l.taken)})
+		}
 		if l.store == nil {
 			return
 		}
@@ -315,13 +319,16 @@ func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, 
 	if res.Delay <= 0 {
 		return l, nil
 	}
+	since := time.Now()
 	timer := time.NewTimer(res.Delay)
 	select {
 	case <-timer.C:
+		c.waited(key, since, true, nil)
 		return l, nil
 	case <-ctx.Done():
 		timer.Stop()
 		c.cancel(ctx, store, key, e, res)
+		c.waited(key, since, false, ctx.Err())
 		l.Release()
 		return nil, ctx.Err()
 	}
@@ -329,7 +336,12 @@ func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, 
 
 func (c *core) newLease(ctx context.Context, store Leaser, key, token string, req Request) *Lease {
 	lctx, cancel := context.WithCancelCause(ctx)
-	return &Lease{c: c, store: store, key: key, token: token, req: req, ctx: lctx, cancel: cancel}
+	l := &Lease{c: c, store: store, key: key, token: token, req: req, ctx: lctx, cancel: cancel}
+	if c.cfg.observer != nil {
+		l.taken = time.Now()
+		c.cfg.observer(Event{Kind: EventLeaseTaken, Key: key})
+	}
+	return l
 }
 
 // runLeased runs fn holding a lease of key, and releases it when fn returns

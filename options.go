@@ -121,8 +121,11 @@ func WithDenyCache(on bool) Option {
 }
 
 // WithObserver calls fn after every decision, in the goroutine that asked
-// for it. fn must be fast and must not block; it must not call the
-// throttle. Default: none (no cost).
+// for it, and after the other steps that EventKind names (the end of a
+// wait, a hold, a lease taken or released), in the goroutine that took
+// them: fn may run in many goroutines at once. fn must be fast and must not
+// block; it must not call the throttle. Package otelthrottle turns the
+// events into OpenTelemetry metrics. Default: none (no cost).
 func WithObserver(fn func(Event)) Option {
 	return optionFunc(func(c *config) { c.observer = fn })
 }

@@ -18,15 +18,21 @@ type Decision struct {
 	RetryAfter time.Duration
 }
 
-// Event describes one decision, for the observer set with WithObserver.
+// Event describes one decision, or another step that Kind names, for the
+// observer set with WithObserver.
 type Event struct {
+	// Kind says what the event reports; the zero value is EventDecision.
+	Kind EventKind
 	// Key is the key decided on.
 	Key string
 	// Allowed reports whether the call was admitted (now or after Delay).
+	// For EventWaited, whether the call reached its booked start.
 	Allowed bool
 	// Delay is how long an admitted call had to wait for its booked start.
+	// For EventWaited, how long it waited.
 	Delay time.Duration
 	// RetryAfter is, for a call not admitted, the store's retry-after.
+	// For EventHold, the length of the hold.
 	RetryAfter time.Duration
 	// Cached reports whether the deny cache answered, without the store.
 	Cached bool
@@ -36,8 +42,11 @@ type Event struct {
 	// Err is the store's failure, if any (then Allowed is the policy's
 	// choice: false, or true with WithFailOpen).
 	Err error
-	// Latency is how long the decision took, store round trip included.
+	// Latency is how long the decision (or the hold) took, store round
+	// trip included.
 	Latency time.Duration
+	// Held is, for EventLeaseReleased, how long the lease was held.
+	Held time.Duration
 }
 
 // A Throttle lets a call start at most limit times in any window of its
@@ -328,19 +337,23 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if res.Delay <= 0 {
 		return nil
 	}
+	since := time.Now()
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
 		// The round trip used up the time left: the booked start comes
 		// after ctx ends. Hand it back, and report it as throttled.
 		c.cancel(ctx, store, key, e, res)
+		c.waited(key, since, false, nil)
 		return &ThrottledError{Key: key, RetryAfter: res.Delay}
 	}
 	timer := time.NewTimer(res.Delay)
 	select {
 	case <-timer.C:
+		c.waited(key, since, true, nil)
 		return nil
 	case <-ctx.Done():
 		timer.Stop()
 		c.cancel(ctx, store, key, e, res)
+		c.waited(key, since, false, ctx.Err())
 		return ctx.Err()
 	}
 }

@@ -391,7 +391,7 @@ func TestWaitCancelledHandsTheSlotBack(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var booked atomic.Int32
 		th, err := New("k", time.Hour, WithStore(m), WithLimit(limit), WithObserver(func(e Event) {
-			if e.Allowed && e.Delay > 0 {
+			if e.Kind == EventDecision && e.Allowed && e.Delay > 0 {
 				booked.Add(1)
 				cancel()
 			}

@@ -581,7 +581,7 @@ func TestTransportBackoffStopsBookedWaiters(t *testing.T) {
 				booked := make(chan struct{}, 1)
 				a := sharedTransport(t, srv, interval, nil, WithWait(wait))
 				b := sharedTransport(t, srv, interval, []throttle.Option{throttle.WithObserver(func(e throttle.Event) {
-					if e.Allowed && e.Delay > 0 {
+					if e.Kind == throttle.EventDecision && e.Allowed && e.Delay > 0 {
 						select {
 						case booked <- struct{}{}:
 						default:

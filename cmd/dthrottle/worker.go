@@ -127,7 +127,11 @@ func work(ctx context.Context, c workerConfig, stdin io.Reader, stdout io.Writer
 		throttle.WithStore(throttle.NewRedisStore(client)),
 		throttle.WithLimit(c.limit),
 		throttle.WithTimeout(c.timeout),
-		throttle.WithObserver(func(e throttle.Event) { delay = e.Delay }),
+		throttle.WithObserver(func(e throttle.Event) {
+			if e.Kind == throttle.EventDecision {
+				delay = e.Delay
+			}
+		}),
 	}
 	if c.wait > 0 {
 		opts = append(opts, throttle.WithWait(c.wait))
