@@ -358,7 +358,10 @@ func TestPermitsKeyed(t *testing.T) {
 	c := redistest.Start(t).Client(t)
 	var ops opLog
 	c.AddHook(&ops)
-	k, err := NewKeyed(time.Second, WithLimit(500), WithStore(NewRedisStore(c)), WithTimeout(5*time.Second))
+	// An interval of a minute: the loop ends well within it, so each key
+	// admits at most its limit, and the validity (a 64th of it) leaves
+	// little to waste.
+	k, err := NewKeyed(time.Minute, WithLimit(500), WithStore(NewRedisStore(c)), WithTimeout(5*time.Second))
 	require.NoError(t, err)
 	ctx := context.Background()
 	admitted := map[string]int{}
@@ -371,8 +374,11 @@ func TestPermitsKeyed(t *testing.T) {
 			}
 		}
 	}
-	assert.Equal(t, 500, admitted["a"], "admitted of key a within its first interval")
-	assert.Equal(t, 500, admitted["b"], "admitted of key b within its first interval")
+	for _, key := range []string{"a", "b"} {
+		assert.LessOrEqual(t, admitted[key], 500, "admitted of key %s within its interval", key)
+		// Permits not spent within their validity are lost, never late.
+		assert.GreaterOrEqual(t, admitted[key], 400, "admitted of key %s within its interval", key)
+	}
 	assert.Positive(t, ops.count("p"), "batches")
 	assert.Less(t, ops.count("p")+ops.count("t"), 200, "script calls for 1000 admissions")
 }
