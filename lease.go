@@ -224,12 +224,12 @@ func (c *core) acquire(ctx context.Context, key string, e *entry, maxWait time.D
 		}
 		begin := time.Now()
 		token := newToken()
-		res, err := c.takeLease(ctx, store, key, e, remaining, token)
+		res, learnt, err := c.takeLease(ctx, store, key, e, remaining, token)
 		if err != nil {
 			return c.leaseFailed(ctx, key, err)
 		}
 		if res.OK {
-			return c.granted(ctx, store, key, e, token, res, begin)
+			return c.granted(ctx, store, key, e, token, res, learnt, begin)
 		}
 		if !res.Full {
 			return nil, &ThrottledError{Key: key, RetryAfter: res.RetryAfter}
@@ -253,19 +253,21 @@ func (c *core) acquire(ctx context.Context, key string, e *entry, maxWait time.D
 }
 
 // takeLease asks the deny cache, then the store, for a lease and a start
-// of key at most maxWait away. Its errors are ctx's or a *StoreError.
-func (c *core) takeLease(ctx context.Context, store Leaser, key string, e *entry, maxWait time.Duration, token string) (Reservation, error) {
+// of key at most maxWait away, and returns what a booking raised the deny
+// cache to and from (see learn). Its errors are ctx's or a *StoreError.
+func (c *core) takeLease(ctx context.Context, store Leaser, key string, e *entry, maxWait time.Duration, token string) (Reservation, raised, error) {
 	var begin int64
 	rate := c.interval > 0 && c.cfg.denyCache
 	if rate {
 		begin = c.now()
 		if until := e.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
-			return Reservation{RetryAfter: time.Duration(until - begin)}, nil
+			return Reservation{RetryAfter: time.Duration(until - begin)}, raised{}, nil
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return Reservation{}, err
+		return Reservation{}, raised{}, err
 	}
+	var learnt raised
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
 	res, err := store.TakeLease(cctx, key, c.leaseRequest(maxWait), token)
@@ -278,12 +280,12 @@ func (c *core) takeLease(ctx context.Context, store Leaser, key string, e *entry
 			err = &StoreError{Key: key, Err: err}
 		}
 	} else if rate && !res.Full {
-		c.learn(e, &res, begin)
+		learnt = c.learn(e, res, begin)
 	}
 	if c.cfg.observer != nil {
 		c.observe(key, res, false, err, start)
 	}
-	return res, err
+	return res, learnt, err
 }
 
 // leaseFailed applies the store-failure policy to a failed acquire.
@@ -313,7 +315,7 @@ func (c *core) leaseFailed(ctx context.Context, key string, err error) (*Lease, 
 // granted returns the lease token that store granted with res, after
 // sleeping until the booked start, if any. A wait cut short hands back the
 // booking and releases the lease.
-func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, token string, res Reservation, begin time.Time) (*Lease, error) {
+func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, token string, res Reservation, learnt raised, begin time.Time) (*Lease, error) {
 	l := c.newLease(ctx, store, key, token, c.leaseRequest(0))
 	l.start(begin, res.Delay)
 	if res.Delay <= 0 {
@@ -327,7 +329,7 @@ func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, 
 		return l, nil
 	case <-ctx.Done():
 		timer.Stop()
-		c.cancel(ctx, store, key, e, res)
+		c.cancel(ctx, store, key, e, res, learnt)
 		c.waited(key, since, false, ctx.Err())
 		l.Release()
 		return nil, ctx.Err()

@@ -24,8 +24,9 @@ func (m *MemoryStore) TakeLease(_ context.Context, key string, req Request, toke
 	if n, first := k.liveLeases(now); n >= req.Concurrency {
 		return Reservation{Full: true, RetryAfter: time.Duration(first - now)}, nil
 	}
+	var b Booking
 	if req.Interval > 0 {
-		k.record(slot, req)
+		b = m.record(k, slot, now, req)
 	}
 	if k.leases == nil {
 		k.leases = make(map[string]int64)
@@ -33,7 +34,7 @@ func (m *MemoryStore) TakeLease(_ context.Context, key string, req Request, toke
 	end := slot + int64(req.LeaseTTL)
 	k.leases[token] = end
 	k.expires = max(k.expires, end)
-	return Reservation{OK: true, Delay: time.Duration(slot - now), Slot: slot}, nil
+	return Reservation{OK: true, Delay: time.Duration(slot - now), Booking: b}, nil
 }
 
 // liveLeases drops the expired leases of k and returns the number left and

@@ -19,6 +19,7 @@ type MemoryStore struct {
 	epoch time.Time
 	clock func() int64 // replaces the monotonic clock in tests; nil otherwise
 	sw    sweeper      // drops expired keys (its period: the longest interval seen)
+	marks uint64       // the last Booking.Mark given out
 }
 
 // memKey holds the starts (admitted or booked) of one key, oldest first,
@@ -28,6 +29,9 @@ type memKey struct {
 	head    int
 	expires int64
 	hold    int64 // no start before this (see Hold)
+	// mark is the Booking.Mark of the newest start, times[len(times)-1],
+	// while it is a booking that was not handed back; 0 otherwise.
+	mark uint64
 	// leases maps the token of each lease (see Leaser) to its expiry;
 	// free, when not nil, is closed when a lease is released.
 	leases map[string]int64
@@ -74,8 +78,8 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 		m.mu.Unlock()
 		return Reservation{RetryAfter: time.Duration(delay)}, nil
 	}
-	k.record(slot, req)
-	res := Reservation{OK: true, Delay: time.Duration(delay), Slot: slot}
+	res := Reservation{OK: true, Delay: time.Duration(delay)}
+	res.Booking = m.record(k, slot, now, req)
 	m.mu.Unlock()
 	return res, nil
 }
@@ -100,22 +104,34 @@ func (k *memKey) earliest(now int64, req Request) int64 {
 	return slot
 }
 
-// record adds a start at slot, which earliest admitted.
-func (k *memKey) record(slot int64, req Request) {
+// record adds to k a start at slot, which earliest admitted at now, and
+// returns its Booking: At and Start are slot, and a start booked ahead
+// gets a Mark of its own. m.mu is held.
+func (m *MemoryStore) record(k *memKey, slot, now int64, req Request) Booking {
 	if k.head > 0 && k.head >= len(k.times)/2 {
 		k.compact()
 	}
 	k.times = append(k.times, slot)
 	k.expires = max(k.expires, slot+int64(req.Interval))
+	k.mark = 0
+	if slot <= now {
+		return Booking{}
+	}
+	m.marks++
+	k.mark = m.marks
+	return Booking{At: slot, Start: slot, Mark: k.mark}
 }
 
-// Cancel implements Store. It never fails.
+// Cancel implements Store: it hands back res's booking while it is the
+// newest start of key, matched by its Mark. It never fails.
 func (m *MemoryStore) Cancel(_ context.Context, key string, _ Request, res Reservation) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := m.keys[key]
-	if k != nil && len(k.times) > k.head && k.times[len(k.times)-1] == res.Slot {
+	b := res.Booking
+	if k != nil && b.Mark != 0 && k.mark == b.Mark && len(k.times) > k.head && k.times[len(k.times)-1] == b.At {
 		k.times = k.times[:len(k.times)-1]
+		k.mark = 0
 	}
 	return nil
 }

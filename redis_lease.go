@@ -14,16 +14,25 @@ import (
 )
 
 var (
-	//go:embed scripts/lease.lua
-	leaseSource string
+	//go:embed scripts/leaseset.lua
+	leaseSetSource string
+	//go:embed scripts/leasetake.lua
+	leaseTakeSource string
+	//go:embed scripts/leaserenew.lua
+	leaseRenewSource string
+	//go:embed scripts/leaserelease.lua
+	leaseReleaseSource string
 
-	leaseScript = redis.NewScript(slotScanSource + leaseSource)
+	leaseTakeScript    = redis.NewScript(slotScanSource + leaseSetSource + leaseTakeSource)
+	leaseRenewScript   = redis.NewScript(leaseSetSource + leaseRenewSource)
+	leaseReleaseScript = redis.NewScript(leaseSetSource + leaseReleaseSource)
 )
 
 // Suffixes of the keys of a throttle with a cap (WithConcurrency).
 const (
-	leasesSuffix = ":leases" // the sorted set of leases
-	freeSuffix   = ":free"   // the list that wakes waiters
+	leasesSuffix  = ":leases"  // the sorted set of leases
+	freeSuffix    = ":free"    // the list that wakes waiters
+	waitingSuffix = ":waiting" // the count of waiters that a release wakes
 )
 
 // leaseWakeTTL is how long a wake-up pushed by a release waits for a
@@ -34,18 +43,22 @@ var _ Leaser = (*RedisStore)(nil)
 
 // LeaseKeys returns the names of the Redis keys that the leases of a
 // throttle of key with a cap (WithConcurrency) may write: P{key}:leases, a
-// sorted set of the leases (member: a random token; score: its expiry in
-// Redis server milliseconds), and P{key}:free, the list that a release
-// pushes to so that a blocked waiter wakes. Both always have an expiry.
-// Reset does not delete them: the holders of the leases still run.
+// sorted set of the leases (member: a random token; score: the last Redis
+// server millisecond in which it is held), P{key}:free, the list that a
+// release pushes to so that a blocked waiter wakes, and P{key}:waiting,
+// the count of callers that found every lease held and wait, which a
+// release wakes (and nobody else). All three always have an expiry. Reset
+// does not delete them: the holders of the leases still run.
 func (s *RedisStore) LeaseKeys(key string) []string {
-	return []string{s.name(key, leasesSuffix), s.name(key, freeSuffix)}
+	return []string{s.name(key, leasesSuffix), s.name(key, freeSuffix), s.name(key, waitingSuffix)}
 }
 
-// TakeLease implements Leaser with one script (scripts/lease.lua) over the
-// lease set and, when req has a rate, its slot keys: one round trip. The
-// lease's expiry and the slots' are on the Redis server's clock. A booked
-// start can be handed back with Cancel, as one made by Take.
+// TakeLease implements Leaser with one script (scripts/leasetake.lua) over
+// the lease keys and, when req has a rate, its slot keys: one round trip.
+// The lease's expiry and the slots' are on the Redis server's clock (TIME),
+// and a lease is held through the last millisecond of its TTL, so it lasts
+// at least req.LeaseTTL after the decision, never less. A booked start can
+// be handed back with Cancel, as one made by Take.
 func (s *RedisStore) TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
 	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.takeLease(ctx, key, req, token) })
 }
@@ -68,8 +81,12 @@ func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, tok
 			first = int(s.next.Add(1) % uint32(n))
 		}
 	}
-	v, err := s.run(ctx, leaseScript, keys, "a", token, req.Concurrency, millis(ceilMillis(req.LeaseTTL)),
-		interval, millis(min(req.MaxWait, MaxInterval)), first).Int64Slice()
+	var mark uint64
+	if req.MaxWait > 0 && n > 0 {
+		mark = newMark()
+	}
+	v, err := s.run(ctx, leaseTakeScript, keys, token, req.Concurrency, millis(ceilMillis(req.LeaseTTL)),
+		interval, millis(min(req.MaxWait, MaxInterval)), first, strconv.FormatUint(mark, 10)).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -79,24 +96,25 @@ func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, tok
 	if n > 1 && v[5] == 0 {
 		s.hint(v[0] == 1, v[3], n)
 	}
-	res := slotReservation(v)
+	res := slotReservation(v, mark)
 	res.Full = v[5] == 1
 	return res, nil
 }
 
-// RenewLease implements Leaser: one script call.
+// RenewLease implements Leaser: one script call (scripts/leaserenew.lua).
 func (s *RedisStore) RenewLease(ctx context.Context, key string, req Request, token string) (bool, error) {
 	return bounded(s, ctx, func(ctx context.Context) (bool, error) {
-		n, err := s.run(ctx, leaseScript, s.LeaseKeys(key), "r", token, millis(ceilMillis(req.LeaseTTL))).Int64()
+		n, err := s.run(ctx, leaseRenewScript, s.LeaseKeys(key), token, millis(ceilMillis(req.LeaseTTL))).Int64()
 		return n == 1, err
 	})
 }
 
-// ReleaseLease implements Leaser: one script call, which also pushes a
-// wake-up to P{key}:free for a waiter blocked in AwaitLease.
+// ReleaseLease implements Leaser: one script call
+// (scripts/leaserelease.lua), which also pushes a wake-up to P{key}:free
+// for a waiter blocked in AwaitLease, when one waits.
 func (s *RedisStore) ReleaseLease(ctx context.Context, key string, req Request, token string) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return s.run(ctx, leaseScript, s.LeaseKeys(key), "x", token, max(req.Concurrency, 1), millis(leaseWakeTTL)).Err()
+		return s.run(ctx, leaseReleaseScript, s.LeaseKeys(key), token, max(req.Concurrency, 1), millis(leaseWakeTTL)).Err()
 	})
 }
 

@@ -316,8 +316,13 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 // takeSlot runs slots.lua over the slots of key, starting at slot first.
 func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, first int) (Reservation, error) {
 	n := req.Limit
+	var mark uint64
+	if req.MaxWait > 0 {
+		mark = newMark()
+	}
 	v, err := s.run(ctx, slotsScript, s.slots(key, n),
-		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval)), first%n).Int64Slice()
+		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval)), first%n,
+		strconv.FormatUint(mark, 10)).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -325,7 +330,18 @@ func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, firs
 		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from slots script", v)
 	}
 	s.hint(v[0] == 1, v[3], n)
-	return slotReservation(v), nil
+	return slotReservation(v, mark), nil
+}
+
+// newMark returns a random Booking.Mark for a booking of a slot: never 0
+// or 1, which are not marks (a slot holding '1' is a start now or a
+// handed-back booking).
+func newMark() uint64 {
+	for {
+		if m := rand.Uint64(); m > 1 {
+			return m
+		}
+	}
 }
 
 // hint makes the next call try the slot after slot when it was taken, or
@@ -339,16 +355,19 @@ func (s *RedisStore) hint(taken bool, slot int64, n int) {
 }
 
 // slotReservation is the Reservation of a reply {ok, delay_ms, retry_ms,
-// slot, start_ms, ...} of slots.lua or lease.lua: Slot is the slot index
-// in its low 8 bits and, for a booking, the booked start in server
-// milliseconds above them.
-func slotReservation(v []int64) Reservation {
-	return Reservation{
+// slot, start_ms, ...} of slots.lua or leasetake.lua, whose booking (if any)
+// has the mark mark: its Booking is the slot, the booked start in server
+// milliseconds and the mark.
+func slotReservation(v []int64, mark uint64) Reservation {
+	res := Reservation{
 		OK:         v[0] == 1,
 		Delay:      time.Duration(v[1]) * time.Millisecond,
 		RetryAfter: time.Duration(v[2]) * time.Millisecond,
-		Slot:       v[4]<<8 | v[3],
 	}
+	if res.OK && res.Delay > 0 {
+		res.Booking = Booking{At: v[3], Start: v[4], Mark: mark}
+	}
+	return res
 }
 
 // takeWindow decides a start of a limit above maxSlots with window.lua,
@@ -396,11 +415,15 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 		err = windowScript.Run(s.on(ctx), s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
 			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10)).Err()
 	} else {
-		i := int(res.Slot & 0xff)
-		if i >= req.Limit {
-			return fmt.Errorf("throttle: reservation of slot %d for a limit of %d", i, req.Limit)
+		b := res.Booking
+		if b.Mark < 2 {
+			return nil // not a booking of a slot
 		}
-		err = unbookScript.Run(s.on(ctx), s.client, []string{s.name(key, slotSuffix[i])}, strconv.FormatInt(res.Slot>>8, 10)).Err()
+		if b.At < 0 || b.At >= int64(req.Limit) {
+			return fmt.Errorf("throttle: booking of slot %d for a limit of %d", b.At, req.Limit)
+		}
+		err = unbookScript.Run(s.on(ctx), s.client, []string{s.name(key, slotSuffix[b.At])},
+			strconv.FormatUint(b.Mark, 10), strconv.FormatInt(b.Start, 10)).Err()
 	}
 	if errors.Is(err, redis.Nil) {
 		return nil

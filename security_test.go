@@ -80,9 +80,9 @@ func TestTLS(t *testing.T) {
 var aclCommands = []string{"set", "pttl", "evalsha", "eval", "del", "time", "get", "pexpireat", "type", "pexpire", "hmget", "hset", "hget", "hdel"}
 
 // aclLeaseCommands are the commands a RedisStore needs besides
-// aclCommands for WithConcurrency: lease.lua's sorted set and wake-up list,
-// and BLPOP for waiters.
-var aclLeaseCommands = []string{"zadd", "zcard", "zrange", "zrem", "zremrangebyscore", "zscore", "rpush", "ltrim", "blpop"}
+// aclCommands for WithConcurrency: the lease scripts' sorted set, wake-up
+// list and count of waiters, and BLPOP for waiters.
+var aclLeaseCommands = []string{"zadd", "zcard", "zrange", "zrem", "zremrangebyscore", "zscore", "rpush", "ltrim", "incrby", "blpop"}
 
 // exerciseLeases makes every lease call a throttle with a cap makes.
 func exerciseLeases(ctx context.Context, s *RedisStore) error {
@@ -93,6 +93,15 @@ func exerciseLeases(ctx context.Context, s *RedisStore) error {
 	}
 	if res, err := s.TakeLease(ctx, "acl/lease", req, "b"); err != nil || res.OK || !res.Full {
 		return fmt.Errorf("TakeLease at capacity: %+v, %w", res, err)
+	}
+	// Two waiters, so that the release wakes one and counts one still
+	// waiting.
+	waiter := req
+	waiter.MaxWait = time.Second
+	for _, token := range []string{"c", "d"} {
+		if res, err := s.TakeLease(ctx, "acl/lease", waiter, token); err != nil || res.OK || !res.Full {
+			return fmt.Errorf("waiting TakeLease at capacity: %+v, %w", res, err)
+		}
 	}
 	if held, err := s.RenewLease(ctx, "acl/lease", req, "a"); err != nil || !held {
 		return fmt.Errorf("RenewLease: %v, %w", held, err)

@@ -26,7 +26,9 @@ import (
 //   - Cancel hands back a booking (Reservation with Delay > 0) that its
 //     caller will not use, when that moves no other start: at least when it
 //     is the latest booking of the key and no other was handed back since
-//     it was made. It is a no-op otherwise (which costs only capacity).
+//     it was made. It is a no-op otherwise (which costs only capacity),
+//     and it never hands back another booking than res's: a Cancel run
+//     twice (a retried script), late, or after a Reset changes nothing.
 //   - Every key a store writes expires on its own once its starts are older
 //     than the interval, so an idle throttle leaves nothing behind.
 //
@@ -87,8 +89,6 @@ type Reservation struct {
 	// store cannot tell, or when the next start is less than the store's
 	// resolution away (RedisStore: 1 ms for a limit of 1).
 	RetryAfter time.Duration
-	// Slot identifies the booking for Cancel. Its meaning is the store's.
-	Slot int64
 	// Booking names, when Delay > 0, the start that the store booked ahead,
 	// for Cancel. Its meaning is the store's.
 	Booking Booking
@@ -102,10 +102,6 @@ type Reservation struct {
 	// upper bound for a lease whose holder died, not a lower one, since a
 	// release can free a lease at any moment. The throttle never caches it.
 	Full bool
-
-	// cached and before are what a booking raised the deny cache to, and
-	// from; set by the Throttle, not the store.
-	cached, before int64
 }
 
 // A Booking names one start that a Store booked ahead, for Cancel: where the
@@ -151,7 +147,9 @@ type Holder interface {
 // MemoryStore and throttletest.Store are Leasers.
 //
 // A lease is named by a token that its taker chooses (random, unique). It
-// expires req.LeaseTTL after it is taken or last renewed, so a holder that
+// expires req.LeaseTTL after it is taken or last renewed (after the store's
+// decision, never before: a holder counts its lease from before it sent the
+// call, so its own reckoning never outlasts the store's), so a holder that
 // dies frees it then, never before.
 type Leaser interface {
 	Store
@@ -169,9 +167,10 @@ type Leaser interface {
 	// AwaitLease of key. A lease that is gone is not an error.
 	ReleaseLease(ctx context.Context, key string, req Request, token string) error
 	// AwaitLease blocks until a lease of key may have been released since
-	// the last TakeLease that found them all held, d has passed, or ctx
-	// ends; it returns nil in each case, and an error only when the store
-	// failed. A wake-up is a hint: the next TakeLease decides.
+	// the last TakeLease (with req.MaxWait > 0: a waiter) that found them
+	// all held, d has passed, or ctx ends; it returns nil in each case, and
+	// an error only when the store failed. A wake-up is a hint: the next
+	// TakeLease decides.
 	AwaitLease(ctx context.Context, key string, req Request, d time.Duration) error
 }
 

@@ -256,6 +256,35 @@ var contract = []contractCase{
 			assert.Greater(t, c.Delay, a.Delay-time.Second, "limit %d: booking after cancel: got %v, a had %v", limit, c.Delay, a.Delay)
 		}
 	}},
+	{name: "wait/a cancel run twice hands back nothing else", run: func(t *testing.T, h harness, key string) {
+		// go-redis runs a script again when its reply is lost, so a Cancel
+		// may run twice; here a booking of the same slot and start comes
+		// in between. The second run must not hand that one back.
+		for _, limit := range []int{1, 3} {
+			req := Request{Interval: 10 * time.Second, Limit: limit, MaxWait: time.Minute}
+			k := fmt.Sprintf("%s/%d", key, limit)
+			for range limit {
+				require.True(t, take(t, h, k, req).OK, "filling limit %d", limit)
+			}
+			// The first interval's bookings: limit-1 of them, then b.
+			for range limit - 1 {
+				require.True(t, take(t, h, k, req).OK, "booking, limit %d", limit)
+			}
+			b := take(t, h, k, req)
+			require.True(t, b.OK, "booking b: got %+v", b)
+			require.NoError(t, h.store.Cancel(context.Background(), k, req, b))
+			c := take(t, h, k, req)
+			require.True(t, c.OK, "booking c after b was handed back: got %+v", c)
+			approx(t, h, c.Delay, b.Delay, fmt.Sprintf("limit %d: c takes b's place", limit))
+			require.NoError(t, h.store.Cancel(context.Background(), k, req, b), "b's cancel again")
+			// c still holds its place, so the next booking is an interval
+			// later; had the second cancel handed c back, d would take c's
+			// place and limit+1 starts would fall in one window.
+			d := take(t, h, k, req)
+			require.True(t, d.OK, "booking d: got %+v", d)
+			assert.Greater(t, d.Delay, c.Delay+req.Interval/2, "limit %d: d after a second cancel of b: got %v, c has %v", limit, d.Delay, c.Delay)
+		}
+	}},
 	{name: "cancel after full window keeps older starts", fakeOnly: true, run: func(t *testing.T, h harness, key string) {
 		// Starts at 0 and 10 fill limit 2; a booking at 100 is cancelled;
 		// at 50 the window still holds both starts.

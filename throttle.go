@@ -270,7 +270,7 @@ func (c *core) allow(ctx context.Context, key string, e *entry) (Decision, error
 	if c.capped() {
 		return Decision{}, ErrLeaseRequired
 	}
-	res, err := c.take(ctx, key, e, 0)
+	res, _, err := c.take(ctx, key, e, 0)
 	if err != nil {
 		// res is the fallback's decision, or empty.
 		return Decision{Allowed: c.degraded(key, res, err) == nil, RetryAfter: res.RetryAfter}, err
@@ -286,7 +286,7 @@ func (c *core) admit(ctx context.Context, key string, e *entry) error {
 	if c.cfg.wait > 0 {
 		return c.wait(ctx, key, e, c.cfg.wait)
 	}
-	res, err := c.take(ctx, key, e, 0)
+	res, _, err := c.take(ctx, key, e, 0)
 	if err != nil {
 		return c.degraded(key, res, err)
 	}
@@ -324,7 +324,7 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 		maxWait = min(maxWait, max(time.Until(deadline), 0))
 	}
 	store := c.cfg.store
-	res, err := c.take(ctx, key, e, maxWait)
+	res, learnt, err := c.take(ctx, key, e, maxWait)
 	if err != nil {
 		if err := c.degraded(key, res, err); err != nil || c.fallback == nil {
 			return err
@@ -341,7 +341,7 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
 		// The round trip used up the time left: the booked start comes
 		// after ctx ends. Hand it back, and report it as throttled.
-		c.cancel(ctx, store, key, e, res)
+		c.cancel(ctx, store, key, e, res, learnt)
 		c.waited(key, since, false, nil)
 		return &ThrottledError{Key: key, RetryAfter: res.Delay}
 	}
@@ -352,18 +352,18 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 		return nil
 	case <-ctx.Done():
 		timer.Stop()
-		c.cancel(ctx, store, key, e, res)
+		c.cancel(ctx, store, key, e, res, learnt)
 		c.waited(key, since, false, ctx.Err())
 		return ctx.Err()
 	}
 }
 
 // cancel hands a booking back to store, on a context that outlives ctx,
-// and takes back what the booking taught the deny cache, unless something
-// raised the cache since.
-func (c *core) cancel(ctx context.Context, store Store, key string, e *entry, res Reservation) {
-	if res.cached != 0 {
-		e.deniedUntil.CompareAndSwap(res.cached, res.before)
+// and takes back what the booking taught the deny cache (learnt), unless
+// something raised the cache since.
+func (c *core) cancel(ctx context.Context, store Store, key string, e *entry, res Reservation, learnt raised) {
+	if learnt.to != 0 {
+		e.deniedUntil.CompareAndSwap(learnt.to, learnt.from)
 	}
 	cctx, stop := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.timeout)
 	defer stop()
@@ -431,8 +431,9 @@ func (e *entry) raise(until int64) (before int64, raised bool) {
 }
 
 // take asks the deny cache, then the store, for one start of key at most
-// maxWait away. Its errors are ctx's or a *StoreError.
-func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Duration) (Reservation, error) {
+// maxWait away, and returns what a booking raised the deny cache to and
+// from (see learn). Its errors are ctx's or a *StoreError.
+func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Duration) (Reservation, raised, error) {
 	var begin int64
 	var start time.Time // for the observer
 	if c.cfg.denyCache || c.cfg.observer != nil {
@@ -446,7 +447,7 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 		if c.cfg.observer != nil {
 			c.observeEvent(key, res, false, true, nil, start)
 		}
-		return res, nil
+		return res, raised{}, nil
 	}
 	if c.cfg.denyCache {
 		if until := e.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
@@ -454,13 +455,14 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 			if c.cfg.observer != nil {
 				c.observe(key, res, true, nil, start)
 			}
-			return res, nil
+			return res, raised{}, nil
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return Reservation{}, err
+		return Reservation{}, raised{}, err
 	}
 	var res Reservation
+	var learnt raised
 	var err error
 	switch {
 	case c.local:
@@ -475,7 +477,7 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 		cancel()
 	}
 	if err == nil && c.cfg.denyCache {
-		c.learn(e, &res, begin)
+		learnt = c.learn(e, res, begin)
 	}
 	if err != nil {
 		res = Reservation{}
@@ -491,23 +493,30 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if c.cfg.observer != nil {
 		c.observe(key, res, false, err, start)
 	}
-	return res, err
+	return res, learnt, err
+}
+
+// raised is what a booking raised a deny cache to, and from, so that
+// cancel can take it back; zero when it raised nothing.
+type raised struct {
+	to, from int64
 }
 
 // learn raises the deny cache after an answer of the store to a call that
 // began at begin. The store decided at some time after begin, so the key
-// stays closed at least until begin plus what it said. A booking records
-// what it raised in res, so that cancel can take it back.
-func (c *core) learn(e *entry, res *Reservation, begin int64) {
+// stays closed at least until begin plus what it said. For a booking it
+// returns what it raised, for cancel.
+func (c *core) learn(e *entry, res Reservation, begin int64) raised {
 	switch {
 	case !res.OK && res.RetryAfter > 0:
 		e.raise(begin + int64(res.RetryAfter))
 	case res.OK && c.cfg.limit == 1:
 		until := begin + int64(res.Delay+c.interval)
-		if before, raised := e.raise(until); raised && res.Delay > 0 {
-			res.cached, res.before = until, before
+		if before, ok := e.raise(until); ok && res.Delay > 0 {
+			return raised{to: until, from: before}
 		}
 	}
+	return raised{}
 }
 
 func (c *core) observe(key string, res Reservation, cached bool, err error, start time.Time) {

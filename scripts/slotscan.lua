@@ -1,5 +1,5 @@
 -- slotscan.lua: the scan of a throttle's slot keys, shared by slots.lua and
--- lease.lua (RedisStore puts it in front of each).
+-- leasetake.lua (RedisStore puts it in front of each).
 --
 -- scan looks at the n slot keys KEYS[base+1 .. base+n], starting at slot
 -- first (0-based), and returns the first free slot; or nil, the slot that

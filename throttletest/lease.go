@@ -24,7 +24,7 @@ func (s *Store) TakeLease(ctx context.Context, key string, req throttle.Request,
 		return res, err
 	}
 	if req.Interval > 0 {
-		s.admitted[key] = append(s.admitted[key], admission{at: s.now.Add(res.Delay), slot: res.Slot})
+		s.admitted[key] = append(s.admitted[key], admission{at: s.now.Add(res.Delay), booking: res.Booking})
 	}
 	if s.auto && res.Delay > 0 {
 		s.advance(res.Delay)

@@ -55,10 +55,10 @@ type Store struct {
 }
 
 // admission is one start admitted by Take: at is its time on the fake clock,
-// and slot is the store's Reservation.Slot, which Cancel matches.
+// and booking is the store's Reservation.Booking, whose Mark Cancel matches.
 type admission struct {
-	at   time.Time
-	slot int64
+	at      time.Time
+	booking throttle.Booking
 }
 
 var (
@@ -145,7 +145,7 @@ func (s *Store) Take(ctx context.Context, key string, req throttle.Request) (thr
 	if err != nil || !res.OK {
 		return res, err
 	}
-	s.admitted[key] = append(s.admitted[key], admission{at: s.now.Add(res.Delay), slot: res.Slot})
+	s.admitted[key] = append(s.admitted[key], admission{at: s.now.Add(res.Delay), booking: res.Booking})
 	if s.auto && res.Delay > 0 {
 		s.advance(res.Delay)
 		res.Delay = 0
@@ -159,10 +159,10 @@ func (s *Store) Take(ctx context.Context, key string, req throttle.Request) (thr
 // calls the RedisStore, with the same latency and failure as Take.
 func (s *Store) Cancel(ctx context.Context, key string, req throttle.Request, res throttle.Reservation) error {
 	s.mu.Lock()
-	if res.Slot != 0 {
+	if res.Booking.Mark != 0 {
 		as := s.admitted[key]
 		for i := len(as) - 1; i >= 0; i-- {
-			if as[i].slot == res.Slot {
+			if as[i].booking == res.Booking {
 				s.admitted[key] = slices.Delete(as, i, i+1)
 				break
 			}

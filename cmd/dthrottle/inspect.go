@@ -36,7 +36,7 @@ func parseKeyCmd(name, about string, withInterval bool, args []string, stderr io
 		fs.IntVar(&k.concurrency, "concurrency", 0, "the throttle's cap (throttle.WithConcurrency), to show its leases against it")
 	}
 	if withInterval {
-		fs.DurationVar(&k.interval, "interval", 0, "the throttle's interval, for a limit above 64 (optional: inferred from the key's expiry)")
+		fs.DurationVar(&k.interval, "interval", 0, "the throttle's interval: for a limit above 64, and to show when a booked slot starts (optional)")
 	}
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -68,8 +68,8 @@ throttle.RedisStore.Keys gives for the limit (--limit, default 1).
 A limit N up to 64 is N slot keys, prefix{KEY}, prefix{KEY}:1 ... prefix{KEY}:N-1.
 A start holds one free slot for an interval, so a slot is free exactly when a
 start is allowed. inspect shows each slot: free, or held with its expiry and
-what holds it (a start, a start booked by a waiting call, in server ms relative
-to the server's TIME, or a hold). The next start is free now when a slot is
+what holds it (a start, a start booked by a waiting call, with --interval
+relative to the server's TIME, or a hold). The next start is free now when a slot is
 free, and otherwise 1 ms after the first slot expires (Redis keeps a key through
 its expiry millisecond).
 
@@ -78,8 +78,8 @@ bucket (1/160 of the interval); inspect shows the newest bucket, the count and
 any hold, and with --interval the starts in the window.
 
 A throttle with a cap (throttle.WithConcurrency) keeps its leases in
-prefix{KEY}:leases, a sorted set of random tokens scored by their expiry in
-server milliseconds; inspect lists the leases held (--concurrency K shows the
+prefix{KEY}:leases, a sorted set of random tokens scored by the last server
+millisecond in which each is held; inspect lists the leases held (--concurrency K shows the
 cap), and the wake-ups in prefix{KEY}:free that releases left for waiters.
 
 prefix{KEY}:hold records a hold (Throttle.Hold, such as after a 429 with
@@ -218,7 +218,7 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	if list {
 		listErr = showList(w, row, states[0], nowUs, k)
 	} else {
-		showSlots(w, row, states, nowUs)
+		showSlots(w, row, states, k.interval)
 	}
 	showLeases(w, row, k, leaseNames, leasesType.Val(), leases, leasesTTL.Val(), wakeups.Val(), serverNow)
 	if found := existing(stray, exists); len(found) > 0 {
@@ -260,7 +260,7 @@ func ttlText(ttl time.Duration) string {
 }
 
 // showSlots shows the slot keys of a limit up to 64 and the next free start.
-func showSlots(w io.Writer, row func(string, string, ...any), states []keyState, nowUs int64) {
+func showSlots(w io.Writer, row func(string, string, ...any), states []keyState, interval time.Duration) {
 	width := 0
 	for _, st := range states {
 		width = max(width, len(strconv.Quote(st.name)))
@@ -283,7 +283,7 @@ func showSlots(w io.Writer, row func(string, string, ...any), states []keyState,
 		if ttl >= 0 && (first < 0 || ttl < first) {
 			first = ttl
 		}
-		row(fmt.Sprintf("slot %d", i), "%s  held, ttl %s: %s", name, ttlText(ttl), slotValue(st.get.Val(), nowUs))
+		row(fmt.Sprintf("slot %d", i), "%s  held, ttl %s: %s", name, ttlText(ttl), slotValue(st.get.Val(), ttl, interval))
 	}
 	switch {
 	case free:
@@ -295,19 +295,28 @@ func showSlots(w io.Writer, row func(string, string, ...any), states []keyState,
 	}
 }
 
-// slotValue describes the value of a held slot.
-func slotValue(v string, nowUs int64) string {
+// slotValue describes the value v of a held slot whose PTTL is ttl: a
+// booking's value is its mark, and it starts one interval before the slot
+// expires (shown relative to TIME when interval is known).
+func slotValue(v string, ttl, interval time.Duration) string {
 	switch v {
 	case "1":
 		return "a start"
 	case "h":
 		return `a hold (value "h")`
 	}
-	if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 1_000_000_000_000 {
-		return fmt.Sprintf("a start booked by a waiting call at %s (server ms), %s",
-			v, relative(time.Duration(ms*1000-nowUs)*time.Microsecond))
+	if mark, err := strconv.ParseUint(v, 10, 64); err == nil && mark > 1 {
+		if interval <= 0 {
+			return fmt.Sprintf("a start booked by a waiting call (mark %s), one interval before the ttl ends (--interval to see when)", v)
+		}
+		return fmt.Sprintf("a start booked by a waiting call (mark %s), %s", v, relative(ttl-ceilMillis(interval)))
 	}
 	return fmt.Sprintf("%s (not written by dthrottle)", strconv.Quote(v))
+}
+
+// ceilMillis rounds d up to whole milliseconds, as Redis keeps expiries.
+func ceilMillis(d time.Duration) time.Duration {
+	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
 }
 
 // showList shows the window of a limit above 64 (scripts/window.lua): a
@@ -420,8 +429,9 @@ func parsePair(v string) (a, b int64, ok bool) {
 }
 
 // showLeases shows the leases of a throttle with a cap (WithConcurrency):
-// the sorted set prefix{KEY}:leases, member a token, score its expiry in
-// server milliseconds, and the wake-ups waiting in prefix{KEY}:free.
+// the sorted set prefix{KEY}:leases, member a token, score the last server
+// millisecond in which it is held, and the wake-ups waiting in
+// prefix{KEY}:free.
 func showLeases(w io.Writer, row func(string, string, ...any), k keyFlags, names []string, typ string, leases *redis.ZSliceCmd, ttl time.Duration, wakeups int64, now time.Time) {
 	capText := "--concurrency not given"
 	if k.concurrency > 0 {
@@ -441,13 +451,13 @@ func showLeases(w io.Writer, row func(string, string, ...any), k keyFlags, names
 	nowMs := now.UnixMilli()
 	var live []redis.Z
 	for _, z := range leases.Val() {
-		if int64(z.Score) > nowMs {
+		if int64(z.Score) >= nowMs {
 			live = append(live, z)
 		}
 	}
 	row("leases", "%s  ttl %s: %d held (%s)", strconv.Quote(names[0]), ttlText(ttl), len(live), capText)
 	for _, z := range live {
-		fmt.Fprintf(w, "%-13s %v  expires in %s unless renewed\n", "", z.Member, fmtDur(time.Duration(int64(z.Score)-nowMs)*time.Millisecond))
+		fmt.Fprintf(w, "%-13s %v  expires in %s unless renewed\n", "", z.Member, fmtDur(time.Duration(int64(z.Score)+1-nowMs)*time.Millisecond))
 	}
 	if wakeups > 0 {
 		row("wake-ups", "%s  %d pushed by releases, not yet taken by a waiter", strconv.Quote(names[1]), wakeups)

@@ -341,7 +341,7 @@ func testInspectAndReset(t *testing.T, addr string) {
 	require.True(t, d.Allowed)
 	k1 := store.Keys("k1", 1)
 
-	code, out, errOut := runCmd(ctx, "inspect", "k3", "--redis", url, "--limit", "3")
+	code, out, errOut := runCmd(ctx, "inspect", "k3", "--redis", url, "--limit", "3", "--interval", "1m")
 	require.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, out, "limit         3 (--limit): 3 slot keys")
 	assert.Regexp(t, `(?m)^hold +`+quotedRe(k3[3])+`  none$`, out)
@@ -350,8 +350,8 @@ func testInspectAndReset(t *testing.T, addr string) {
 	}
 	assert.Equal(t, 2, len(regexp.MustCompile(`(?m)^slot \d .* held, ttl `+minute+`: a start$`).FindAllString(out, -1)),
 		"two slots held by a start now:\n%s", out)
-	assert.Regexp(t, `(?m)^slot \d .* held, ttl (1m59\.\d+s|2m0s|2m0\.\d+s): a start booked by a waiting call at \d{13} \(server ms\), \+`+minute+`$`,
-		out, "the booked slot: its start in server ms, relative to TIME")
+	assert.Regexp(t, `(?m)^slot \d .* held, ttl (1m59\.\d+s|2m0s|2m0\.\d+s): a start booked by a waiting call \(mark \d+\), \+`+minute+`$`,
+		out, "the booked slot: its mark, and its start relative to TIME")
 	assert.Regexp(t, `(?m)^next start +free in `+minute+` \(the smallest slot ttl \+ 1ms\)$`, out)
 	assert.NotContains(t, out, "note:")
 
