@@ -364,3 +364,58 @@ func TestReleasesWakeEveryWaiter(t *testing.T) {
 		})
 	}
 }
+
+// slowLeaser is a MemoryStore whose TakeLease, after booking a start,
+// answers only 10 ms before its ctx's deadline (its own clock does not
+// move).
+type slowLeaser struct {
+	*MemoryStore
+	bookings *atomic.Int32
+}
+
+func (s slowLeaser) TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
+	res, err := s.MemoryStore.TakeLease(ctx, key, req, token)
+	if deadline, ok := ctx.Deadline(); ok && res.OK && res.Delay > 0 {
+		s.bookings.Add(1)
+		time.Sleep(time.Until(deadline) - 10*time.Millisecond)
+	}
+	return res, err
+}
+
+// TestAcquireBookedPastTheDeadlineIsThrottled (issue 19, item 9): when the
+// store books a start that the time left before ctx's deadline cannot
+// reach, Acquire hands back the booking and the lease at once and reports
+// the call as throttled, as Wait does. Before the fix it slept until the
+// deadline, holding both, and returned ctx's error.
+func TestAcquireBookedPastTheDeadlineIsThrottled(t *testing.T) {
+	m, _ := fakeMemory()
+	store := slowLeaser{MemoryStore: m, bookings: new(atomic.Int32)}
+	const interval = 100 * time.Millisecond
+	th, err := New("k", interval, WithStore(store), WithConcurrency(2), WithWait(time.Hour), WithTimeout(time.Second))
+	require.NoError(t, err)
+	first, err := th.Acquire(context.Background())
+	require.NoError(t, err)
+	defer first.Release()
+	// 500 ms left when Acquire asks, far more than the 100 ms booking
+	// needs; the store books it, then answers only 10 ms before the
+	// deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	l, err := th.Acquire(ctx)
+	if l != nil {
+		l.Release()
+	}
+	var te *ThrottledError
+	require.ErrorAs(t, err, &te, "Acquire whose booking falls past the deadline")
+	assert.NotErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, interval, te.RetryAfter, "RetryAfter: the booked delay")
+	assert.Less(t, time.Since(begin), 500*time.Millisecond, "Acquire returned before the deadline")
+	require.Positive(t, store.bookings.Load(), "the store booked the start (else the test shows nothing)")
+	// The lease was released and the booking handed back.
+	req := Request{Interval: interval, Limit: 1, MaxWait: time.Hour, Concurrency: 2, LeaseTTL: DefaultLeaseTTL}
+	res, err := m.TakeLease(context.Background(), "k", req, "probe")
+	require.NoError(t, err)
+	assert.True(t, res.OK, "a lease and the booked start are free again: %+v", res)
+	assert.Equal(t, interval, res.Delay, "the booking was handed back")
+}

@@ -185,7 +185,9 @@ func (c *core) leaseRequest(maxWait time.Duration) Request {
 // too for the cap). With WithWait it waits for its turn under the rate and
 // for a released lease, up to the wait and never past ctx; a waiter is
 // woken by a release without polling (see RedisStore.AwaitLease). It
-// returns ctx's error when ctx ends first, and an error matching
+// returns ctx's error when ctx ends first, an error matching ErrThrottled
+// at once (holding nothing) when the start the store booked comes after
+// ctx's deadline, as Wait does, and an error matching
 // ErrStoreUnavailable when the store failed: WithFailOpen returns a Lease
 // that holds no place instead, and WithFallback one from the process-local
 // cap and limit. Acquire returns an error on a throttle without
@@ -313,8 +315,9 @@ func (c *core) leaseFailed(ctx context.Context, key string, err error) (*Lease, 
 }
 
 // granted returns the lease token that store granted with res, after
-// sleeping until the booked start, if any. A wait cut short hands back the
-// booking and releases the lease.
+// sleeping until the booked start, if any. A booked start that comes after
+// ctx's deadline, and a wait cut short, hand back the booking and release
+// the lease; the first is throttled, as in wait.
 func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, token string, res Reservation, learnt raised, begin time.Time) (*Lease, error) {
 	l := c.newLease(ctx, store, key, token, c.leaseRequest(0))
 	l.start(begin, res.Delay)
@@ -322,6 +325,14 @@ func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, 
 		return l, nil
 	}
 	since := time.Now()
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
+		// The round trip used up the time left: the booked start comes
+		// after ctx ends.
+		c.cancel(ctx, store, key, e, res, learnt)
+		l.Release()
+		c.waited(key, since, false, nil)
+		return nil, &ThrottledError{Key: key, RetryAfter: res.Delay}
+	}
 	timer := time.NewTimer(res.Delay)
 	select {
 	case <-timer.C:
