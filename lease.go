@@ -205,6 +205,31 @@ func (k *Keyed) Acquire(ctx context.Context, key string) (*Lease, error) {
 	return k.c.acquire(ctx, key, k.entry(key), k.c.cfg.wait)
 }
 
+// AcquireWithin takes one of the k leases of key as Acquire does, but
+// waits for its turn and for a lease up to max (0: not at all), and never
+// past ctx, in place of the wait set with WithWait. It is for adapters with
+// a wait of their own, such as package httpthrottle's Transport. An empty
+// key and a negative max are errors.
+func (k *Keyed) AcquireWithin(ctx context.Context, key string, max time.Duration) (*Lease, error) {
+	switch {
+	case key == "":
+		return nil, errEmptyKey
+	case max < 0:
+		return nil, fmt.Errorf("throttle: negative wait %v", max)
+	}
+	return k.c.acquire(ctx, key, k.entry(key), min(max, MaxInterval))
+}
+
+// Concurrency returns the cap set with WithConcurrency, or 0 when there is
+// none. With a cap, a call must hold a lease (Acquire) and Allow and Wait
+// return an error; without one, Acquire returns an error.
+func (k *Keyed) Concurrency() int {
+	if !k.c.capped() {
+		return 0
+	}
+	return k.c.cfg.concurrency
+}
+
 // acquire takes a lease of key and a start under the rate, waiting up to
 // maxWait for them.
 func (c *core) acquire(ctx context.Context, key string, e *entry, maxWait time.Duration) (*Lease, error) {

@@ -54,7 +54,9 @@ func WithKeyPrefix(prefix string) Option {
 // WithWait makes a throttled request wait for its turn, up to max and
 // never past the request's context (which carries http.Client's Timeout),
 // instead of being dropped. The Keyed's own throttle.WithWait, if set,
-// caps the wait further. A negative max, or one above
+// caps the wait further, except under a cap (throttle.WithConcurrency),
+// where max alone bounds the wait for a lease and a turn. A negative max,
+// or one above
 // throttle.MaxInterval, is an error. Default: 0, drop.
 func WithWait(max time.Duration) Option {
 	return optionFunc(func(c *config) { c.wait = max })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -24,6 +25,12 @@ const sleptThreshold = time.Millisecond
 // shares the Keyed's store. When the upstream answers with a backoff
 // status and a Retry-After, the key is held off for that long in every
 // such process.
+//
+// With a Keyed that has a cap (throttle.WithConcurrency), a request holds
+// one of the key's leases from before it is sent until its response body is
+// closed or read to its end, or until the base fails: at most the cap of
+// requests with one key are in flight in every such process. The request
+// is sent with the lease's context, so it ends if the lease is lost.
 //
 // A Transport keeps no state per key: the Keyed's state follows the keys
 // in use. It is safe for concurrent use and starts no goroutine.
@@ -138,8 +145,11 @@ func HostKey(req *http.Request) string {
 // time, the context's error when the request's context ended, or an error
 // matching throttle.ErrStoreUnavailable when the store failed and the
 // Keyed's policy did not admit it (matching throttle.ErrThrottled too when
-// its fallback limit denied it). The base's response and error are
-// returned unchanged; after a backoff status the hold is set first.
+// its fallback limit denied it). Under a cap, a request refused because
+// every lease was held in time is throttled too: its error also matches
+// throttle.ErrAtCapacity. The base's response and error are returned
+// unchanged (under a cap, the response's body releases the lease); after a
+// backoff status the hold is set first.
 //
 // A request that waited for a turn and finds on waking that a hold began
 // meanwhile waits for the hold to end and takes a new turn, within the
@@ -150,14 +160,29 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.base.RoundTrip(req)
 	}
 	key = t.prefix + key
-	if err := t.admit(req.Context(), key); err != nil {
+	var lease *throttle.Lease
+	var err error
+	if t.k.Concurrency() > 0 {
+		lease, err = t.acquire(req.Context(), key)
+	} else {
+		err = t.admit(req.Context(), key)
+	}
+	if err != nil {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}
 		return nil, err
 	}
+	if lease != nil {
+		// A lost lease (see throttle.Lease) ends the request: another
+		// process may hold the place by then.
+		req = req.WithContext(lease.Context())
+	}
 	resp, err := t.base.RoundTrip(req)
 	if err != nil {
+		if lease != nil {
+			lease.Release()
+		}
 		return resp, err
 	}
 	if d := t.retryAfter(resp); d > 0 {
@@ -167,7 +192,69 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// response all the same.
 		_ = t.k.Hold(context.WithoutCancel(req.Context()), key, d)
 	}
+	if lease != nil {
+		if resp.Body == nil {
+			lease.Release()
+		} else {
+			resp.Body = &leasedBody{ReadCloser: resp.Body, lease: lease}
+		}
+	}
 	return resp, nil
+}
+
+// acquire takes a lease of key for a request, under the Keyed's cap and
+// rate: at once, or with WithWait within the wait. As admit does, a request
+// that waited and finds a hold begun meanwhile gives its lease back, waits
+// for the hold to end and asks again, within the same wait.
+func (t *Transport) acquire(ctx context.Context, key string) (*throttle.Lease, error) {
+	if t.wait == 0 {
+		return t.k.AcquireWithin(ctx, key, 0)
+	}
+	deadline := time.Now().Add(t.wait)
+	for {
+		begin := time.Now()
+		l, err := t.k.AcquireWithin(ctx, key, max(time.Until(deadline), 0))
+		if err != nil || time.Since(begin) < sleptThreshold {
+			return l, err
+		}
+		hold, err := t.k.Held(ctx, key)
+		if err != nil || hold <= 0 {
+			return l, nil
+		}
+		l.Release()
+		if hold > time.Until(deadline) {
+			return nil, &throttle.ThrottledError{Key: key, RetryAfter: hold}
+		}
+		timer := time.NewTimer(hold)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-timer.C:
+		}
+	}
+}
+
+// leasedBody is the body of a response whose request holds a lease: the
+// lease is released when the body is closed, or read to its end (or to an
+// error), whichever comes first.
+type leasedBody struct {
+	io.ReadCloser
+	lease *throttle.Lease
+}
+
+func (b *leasedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.lease.Release()
+	}
+	return n, err
+}
+
+func (b *leasedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.lease.Release()
+	return err
 }
 
 // CloseIdleConnections closes the idle connections of the base transport,
