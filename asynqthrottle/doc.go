@@ -77,6 +77,10 @@
 //   - any other error of the limiter (for example the task's context
 //     ending) is returned as the handler's error, a failure.
 //
+// A *throttle.Keyed with throttle.WithConcurrency (a LeaseLimiter with a
+// cap) is asked for a lease instead: the task runs holding it, and a task
+// refused because every lease was held is denied with a retry-after of 0.
+//
 // With WithWait, a denied task whose retry-after fits in the wait sleeps in
 // its handler and asks again instead of being handed back at once.
 //

@@ -20,9 +20,25 @@ import (
 // (Allowed true to fail open). Any other error (for example the task
 // context's error) is returned to asynq as the handler's error.
 //
-// *throttle.Keyed satisfies Limiter.
+// *throttle.Keyed satisfies Limiter. A Limiter that is also a LeaseLimiter
+// with a cap, such as a *throttle.Keyed made with throttle.WithConcurrency,
+// runs each task holding a lease instead (see Middleware).
 type Limiter interface {
 	Allow(ctx context.Context, key string) (throttle.Decision, error)
+}
+
+// A LeaseLimiter is a Limiter that can cap the tasks of a key in flight, as
+// *throttle.Keyed does with throttle.WithConcurrency. When Concurrency
+// returns more than 0, the middleware calls AcquireWithin instead of Allow,
+// and runs the task holding the lease it returns.
+type LeaseLimiter interface {
+	Limiter
+	// Concurrency returns the cap, or 0 for none.
+	Concurrency() int
+	// AcquireWithin takes one of the key's leases (and a start under the
+	// rate, if any), waiting up to max for them, as
+	// throttle.Keyed.AcquireWithin does.
+	AcquireWithin(ctx context.Context, key string, max time.Duration) (*throttle.Lease, error)
 }
 
 // KeyFunc returns the throttle key of a task. An empty key runs the task
@@ -101,6 +117,13 @@ func WithWait(max time.Duration) Option {
 // re-queued that way, since asynq archives it on any error: it waits in
 // its handler for its turn instead, as long as its context allows.
 //
+// When lim is a LeaseLimiter with a cap (a *throttle.Keyed made with
+// throttle.WithConcurrency), a task runs holding one of its key's leases,
+// from before the handler starts until it returns, with the lease's
+// context, which ends if the lease is lost. A task refused because every
+// lease was held is throttled like one the rate denied: re-queued, or with
+// WithWait waiting in its handler for a release (woken without polling).
+//
 // Use it for every task with mux.Use(Middleware(lim)), or for one handler
 // with mux.Handle(pattern, Middleware(lim)(h)).
 //
@@ -157,9 +180,30 @@ func (c *config) process(ctx context.Context, lim Limiter, next asynq.Handler, t
 		return next.ProcessTask(ctx, t)
 	}
 	hold := exhausted(ctx)
+	leases, _ := lim.(LeaseLimiter)
+	if leases != nil && leases.Concurrency() <= 0 {
+		leases = nil
+	}
 	var waited time.Duration
 	for {
-		d, err := lim.Allow(ctx, key)
+		var d throttle.Decision
+		var err error
+		if leases != nil {
+			wait := max(c.wait-waited, 0)
+			if hold {
+				wait = throttle.MaxInterval
+			}
+			begin := time.Now()
+			var l *throttle.Lease
+			l, d, err = acquire(ctx, leases, key, wait)
+			waited += time.Since(begin)
+			if l != nil {
+				defer l.Release()
+				return next.ProcessTask(l.Context(), t)
+			}
+		} else {
+			d, err = lim.Allow(ctx, key)
+		}
 		if err != nil && !errors.Is(err, throttle.ErrStoreUnavailable) {
 			return err
 		}
@@ -181,6 +225,26 @@ func (c *config) process(ctx context.Context, lim Limiter, next asynq.Handler, t
 		}
 		return &ThrottledError{Key: key, RetryAfter: retryAfter, Delay: retryAfter + randDuration(c.jitter), Err: err}
 	}
+}
+
+// acquire takes a lease of key from lim, waiting up to wait, and returns it;
+// or, when it was refused, the Decision that Allow would have given: not
+// allowed, with the retry-after of a refusal (0 for the cap's), and the
+// error that matches throttle.ErrStoreUnavailable for a store failure.
+// Other errors (the context's) are returned as they are.
+func acquire(ctx context.Context, lim LeaseLimiter, key string, wait time.Duration) (*throttle.Lease, throttle.Decision, error) {
+	l, err := lim.AcquireWithin(ctx, key, wait)
+	if err == nil {
+		return l, throttle.Decision{}, nil
+	}
+	var te *throttle.ThrottledError
+	switch {
+	case errors.Is(err, throttle.ErrStoreUnavailable):
+		return nil, throttle.Decision{}, err
+	case errors.As(err, &te):
+		return nil, throttle.Decision{RetryAfter: te.RetryAfter}, nil
+	}
+	return nil, throttle.Decision{}, err
 }
 
 // randDuration returns a random duration in [0, n), or 0 if n <= 0.
