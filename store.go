@@ -147,10 +147,10 @@ type Holder interface {
 // MemoryStore and throttletest.Store are Leasers.
 //
 // A lease is named by a token that its taker chooses (random, unique). It
-// expires req.LeaseTTL after it is taken or last renewed (after the store's
-// decision, never before: a holder counts its lease from before it sent the
-// call, so its own reckoning never outlasts the store's), so a holder that
-// dies frees it then, never before.
+// expires req.LeaseTTL after it is taken or last renewed, counted from the
+// store's decision and never less, so a holder that dies frees it then,
+// never before; and a holder that counts the TTL from before it sent the
+// call never believes it holds a lease that the store has let go.
 type Leaser interface {
 	Store
 	// TakeLease asks, in one atomic step, for one start of key under req's
