@@ -43,6 +43,15 @@ func TestAwaitLeaseAbandonedWaitStealsNothing(t *testing.T) {
 						require.NoError(t, err)
 						require.True(t, res.OK, "the one lease")
 
+						// Each waiter first finds the lease held, as Acquire's
+						// waiters do: a release wakes the waiters so counted.
+						waiter := req
+						waiter.MaxWait = 5 * time.Second
+						for _, token := range []string{"w1", "w2"} {
+							res, err := store.TakeLease(context.Background(), key, waiter, token)
+							require.NoError(t, err)
+							require.True(t, res.Full, "a waiter's TakeLease with the lease held")
+						}
 						begin := time.Now()
 						if leave == "wait ran out" {
 							require.NoError(t, store.AwaitLease(context.Background(), key, req, 100*time.Millisecond))
