@@ -138,6 +138,9 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 	hold := millis(ceilMillis(d))
 	interval := millis(ceilMillis(req.Interval))
 	marker := s.name(key, holdSuffix)
+	if len(req.Windows) > 0 {
+		return s.holdMulti(ctx, key, req, d)
+	}
 	if req.Limit <= maxSlots {
 		keys := append(s.slots(key, req.Limit), marker)
 		return s.run(ctx, holdScript, keys, hold, interval).Err()

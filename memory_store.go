@@ -71,7 +71,7 @@ func (m *MemoryStore) local() {}
 func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservation, error) {
 	m.mu.Lock()
 	now := m.now()
-	k := m.keyState(key, now, req.Interval)
+	k := m.keyState(key, now, req.longest())
 	slot := k.earliest(now, req)
 	delay := slot - now
 	if delay > 0 && delay > int64(req.MaxWait) {
@@ -84,22 +84,32 @@ func (m *MemoryStore) Take(_ context.Context, key string, req Request) (Reservat
 	return res, nil
 }
 
-// earliest returns the earliest start at or after now that req's limit
-// admits, after dropping the starts that left the window.
+// earliest returns the earliest start at or after now that req's limit,
+// and each of req.Windows, admits, after dropping the starts that left the
+// longest window. Every window counts the same starts, which times holds
+// in order.
 func (k *memKey) earliest(now int64, req Request) int64 {
-	interval := int64(req.Interval)
-	k.forget(now - interval)
+	k.forget(now - int64(req.longest()))
 	n := len(k.times) - k.head
 	slot := max(now, k.hold)
 	if n > 0 {
 		if last := k.times[len(k.times)-1]; last > slot {
 			slot = last
 		}
-		if n >= req.Limit {
-			if s := k.times[len(k.times)-req.Limit] + interval; s > slot {
-				slot = s
-			}
+		slot = k.admits(slot, req.Limit, req.Interval)
+		for _, w := range req.Windows {
+			slot = k.admits(slot, w.Limit, w.Interval)
 		}
+	}
+	return slot
+}
+
+// admits returns the earliest start at or after slot, which is at or after
+// the latest start, that limit per interval admits: once the limit-th
+// latest start has left the window.
+func (k *memKey) admits(slot int64, limit int, interval time.Duration) int64 {
+	if len(k.times)-k.head >= limit {
+		slot = max(slot, k.times[len(k.times)-limit]+int64(interval))
 	}
 	return slot
 }
@@ -112,7 +122,7 @@ func (m *MemoryStore) record(k *memKey, slot, now int64, req Request) Booking {
 		k.compact()
 	}
 	k.times = append(k.times, slot)
-	k.expires = max(k.expires, slot+int64(req.Interval))
+	k.expires = max(k.expires, slot+int64(req.longest()))
 	k.mark = 0
 	if slot <= now {
 		return Booking{}

@@ -44,6 +44,8 @@ type config struct {
 	leaseTTL       time.Duration
 	// permitBatch is WithPermitBatch's n; 0 when not set.
 	permitBatch int
+	// windows are WithLimitPer's, merged by validate (see mergeWindows).
+	windows []Window
 }
 
 // defaultConfig returns the configuration that the options modify.
@@ -166,7 +168,7 @@ func WithLeaseTTL(d time.Duration) Option {
 // the whole window. The cost is about 1/64 of the capacity (4 ms of each
 // interval, if more), plus permits not spent in time. Limits up to 64,
 // intervals below 64 ms, the memory store, throttletest.Store and throttles
-// with WithConcurrency never batch. A call that waits (WithWait, Wait)
+// with WithConcurrency or WithLimitPer never batch. A call that waits (WithWait, Wait)
 // spends a permit when one is at hand and otherwise books as usual. Hold
 // and Reset stop this process's permits at once, and other processes'
 // within the validity. n must not be negative; 0 means the default.
@@ -224,6 +226,9 @@ func validate(interval time.Duration, c *config) error {
 		return fmt.Errorf("throttle: negative timeout %v", c.timeout)
 	case c.permitBatch < 0:
 		return fmt.Errorf("throttle: negative permit batch %d", c.permitBatch)
+	}
+	if err := mergeWindows(interval, c); err != nil {
+		return err
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout

@@ -76,6 +76,9 @@ const (
 //     start counts as if at the end of its bucket, so the limit is never
 //     exceeded, and at most 0.7% of the capacity is lost. A waiting call
 //     can book at most about three intervals ahead.
+//   - With windows (WithLimitPer), whatever the limits: one bucket window
+//     as above per window, P{k}:w:<interval in µs>:<limit>, all decided by
+//     one script (see KeysFor). The single-window keys are not used.
 //   - P{k}:hold records a hold (see Throttle.Hold) while it lasts.
 //
 // Scripts run with EVALSHA and fall back to EVAL when the server has lost
@@ -243,11 +246,11 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 	return boundedErr(s, ctx, func(ctx context.Context) error { return s.cancel(ctx, key, req, res) })
 }
 
-// Reset deletes the Redis keys of key under req's limit, and the record of
+// Reset deletes the Redis keys of key under req (see KeysFor), and the record of
 // a hold, so the next Take is admitted. It is one command.
 func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return retryTryAgain(ctx, func() error { return s.client.Del(s.on(ctx), s.Keys(key, req.Limit)...).Err() })
+		return retryTryAgain(ctx, func() error { return s.client.Del(s.on(ctx), s.KeysFor(key, req)...).Err() })
 	})
 }
 
@@ -285,6 +288,9 @@ func boundedErr(s *RedisStore, ctx context.Context, f func(context.Context) erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reservation, error) {
+	if len(req.Windows) > 0 {
+		return s.takeMulti(ctx, key, req)
+	}
 	if req.Limit > maxSlots {
 		return s.takeWindow(ctx, key, req)
 	}
@@ -410,6 +416,9 @@ func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (R
 }
 
 func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Reservation) error {
+	if len(req.Windows) > 0 {
+		return s.cancelMulti(ctx, key, req, res)
+	}
 	var err error
 	if req.Limit > maxSlots {
 		err = windowScript.Run(s.on(ctx), s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,

@@ -32,7 +32,11 @@ import (
 //   - Every key a store writes expires on its own once its starts are older
 //     than the interval, so an idle throttle leaves nothing behind.
 //
-// Callers sharing a key must use the same interval and limit.
+// With Request.Windows (WithLimitPer) each of the rules above holds for
+// every window, and a start is admitted or booked only where every window
+// admits it; only a WindowStore is given windows.
+//
+// Callers sharing a key must use the same interval, limit and windows.
 type Store interface {
 	// Take asks for one start of key under req. A denial is not an error.
 	Take(ctx context.Context, key string, req Request) (Reservation, error)
@@ -64,6 +68,11 @@ type Request struct {
 	Permits int
 	// Validity is how long after the request leased permits may be spent.
 	Validity time.Duration
+	// Windows are the throttle's windows besides Interval and Limit
+	// (WithLimitPer), each of another length, shortest first. Only a
+	// WindowStore is given any: a Store that is not one, written before
+	// windows existed, would ignore them (see WindowStore).
+	Windows []Window
 }
 
 // A Clock tells the time. A Store that is also a Clock says that it keeps

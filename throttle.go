@@ -74,8 +74,9 @@ type Throttle struct {
 // New returns an error for an empty key, an interval below 1 ms (0 is
 // allowed with WithConcurrency: a cap without a rate) or above MaxInterval,
 // a limit below 1 or above MaxLimit (above 64 with WithConcurrency), a nil
-// store, a negative wait or timeout, a concurrency below 1, or a lease TTL
-// that is negative or below MinLeaseTTL.
+// store, a negative wait or timeout, a concurrency below 1, a lease TTL
+// that is negative or below MinLeaseTTL, or windows of WithLimitPer that
+// are out of range, too many, or on a store that is not a WindowStore.
 func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) {
 	if key == "" {
 		return nil, errEmptyKey
@@ -254,7 +255,9 @@ func newCore(interval time.Duration, opts []Option) (*core, error) {
 	if cfg.fallback > 0 {
 		c.fallback = NewMemoryStore()
 	}
-	c.permits = newPermitPolicy(interval, &cfg, local)
+	if len(cfg.windows) == 0 {
+		c.permits = newPermitPolicy(interval, &cfg, local)
+	}
 	return c, nil
 }
 
@@ -395,7 +398,7 @@ func (c *core) reset(ctx context.Context, key string, e *entry) error {
 }
 
 func (c *core) request(maxWait time.Duration) Request {
-	return Request{Interval: c.interval, Limit: c.cfg.limit, MaxWait: maxWait}
+	return Request{Interval: c.interval, Limit: c.cfg.limit, MaxWait: maxWait, Windows: c.cfg.windows}
 }
 
 // now returns the time of the deny cache, in ns since c.epoch: the

@@ -40,6 +40,17 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"negative wait", "k", time.Second, []Option{WithWait(-time.Millisecond)}, "throttle: negative wait -1ms"},
 		{"negative timeout", "k", time.Second, []Option{WithTimeout(-time.Second)}, "throttle: negative timeout -1s"},
 		{"negative permit batch", "k", time.Second, []Option{WithPermitBatch(-1)}, "throttle: negative permit batch -1"},
+		{"WithLimitPer zero limit", "k", time.Second, []Option{WithLimitPer(0, time.Hour)}, "throttle: WithLimitPer limit 0 is below 1"},
+		{"WithLimitPer huge limit", "k", time.Second, []Option{WithLimitPer(MaxLimit+1, time.Hour)}, "throttle: WithLimitPer limit 1073741825 is above 1073741824"},
+		{"WithLimitPer zero interval", "k", time.Second, []Option{WithLimitPer(5, 0)}, "throttle: WithLimitPer interval 0s is below 1ms"},
+		{"WithLimitPer negative interval", "k", time.Second, []Option{WithLimitPer(5, -time.Hour)}, "throttle: WithLimitPer interval -1h0m0s is below 1ms"},
+		{"WithLimitPer huge interval", "k", time.Second, []Option{WithLimitPer(5, MaxInterval+1)}, "throttle: WithLimitPer interval 87600h0m0.000000001s is above 87600h0m0s"},
+		{"WithLimitPer too many windows", "k", time.Second, []Option{WithLimitPer(5, time.Minute), WithLimitPer(5, time.Hour),
+			WithLimitPer(5, 2*time.Hour), WithLimitPer(5, 3*time.Hour)}, "throttle: 4 windows of WithLimitPer, at most 3"},
+		{"WithLimitPer with WithConcurrency", "k", time.Second, []Option{WithLimitPer(5, time.Minute), WithConcurrency(2)},
+			"throttle: WithLimitPer cannot be combined with WithConcurrency"},
+		{"WithLimitPer on a store that is not a WindowStore", "k", time.Second, []Option{WithStore(plainStore{NewMemoryStore()}), WithLimitPer(5, time.Minute)},
+			"throttle: store throttle.plainStore cannot keep the windows of WithLimitPer: it is not a WindowStore"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,106 @@
+package throttle
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/multi.lua
+	multiSource string
+
+	multiScript = redis.NewScript(multiSource)
+)
+
+// KeysFor returns the names of the Redis keys that a throttle of key under
+// req may write, as Keys does; with req.Windows (WithLimitPer) they are the
+// bucket window of each window, P{k}:w:<interval in µs>:<limit>, then the
+// record of its holds.
+func (s *RedisStore) KeysFor(key string, req Request) []string {
+	if len(req.Windows) == 0 {
+		return s.Keys(key, req.Limit)
+	}
+	return append(s.windowKeys(key, req), s.name(key, holdSuffix))
+}
+
+// windowKeys returns the names of the bucket windows of req's windows, its
+// own first, and the arguments of multi.lua that describe them.
+func (s *RedisStore) windowKeys(key string, req Request) []string {
+	keys := make([]string, 0, 1+len(req.Windows))
+	keys = append(keys, s.name(key, windowName(req.Interval, req.Limit)))
+	for _, w := range req.Windows {
+		keys = append(keys, s.name(key, windowName(w.Interval, w.Limit)))
+	}
+	return keys
+}
+
+// windowName is the suffix of the bucket window of limit per interval.
+func windowName(interval time.Duration, limit int) string {
+	return ":w:" + strconv.FormatInt(micros(interval), 10) + ":" + strconv.Itoa(limit)
+}
+
+// multiArgs returns the arguments of multi.lua for op over req's windows,
+// then rest.
+func multiArgs(op string, req Request, rest ...any) []any {
+	args := make([]any, 0, 2+2*(1+len(req.Windows))+len(rest))
+	args = append(args, op, 1+len(req.Windows), micros(req.Interval), req.Limit)
+	for _, w := range req.Windows {
+		args = append(args, micros(w.Interval), w.Limit)
+	}
+	return append(args, rest...)
+}
+
+// takeMulti decides a start under every window of req with multi.lua.
+// Booking.Mark is a booking's random mark, for Cancel, and Booking.Start
+// its start on the server's clock in microseconds (At is not used).
+func (s *RedisStore) takeMulti(ctx context.Context, key string, req Request) (Reservation, error) {
+	var mark uint64
+	if req.MaxWait > 0 {
+		mark = rand.Uint64() | 1 // never 0, which names no booking
+	}
+	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
+	v, err := s.run(ctx, multiScript, keys,
+		multiArgs("t", req, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10))...).Int64Slice()
+	if err != nil {
+		return Reservation{}, err
+	}
+	if len(v) != 3 || v[1] < 0 || v[2] < 0 {
+		return Reservation{}, fmt.Errorf("throttle: unexpected reply %v from windows script", v)
+	}
+	res := Reservation{
+		OK:         v[0] == 1,
+		Delay:      time.Duration(v[1]) * time.Microsecond,
+		RetryAfter: time.Duration(v[2]) * time.Microsecond,
+	}
+	if res.Delay > 0 {
+		res.Booking = Booking{Mark: mark}
+	}
+	return res, nil
+}
+
+// cancelMulti hands back the booking of res in every window of req where it
+// is still the newest.
+func (s *RedisStore) cancelMulti(ctx context.Context, key string, req Request, res Reservation) error {
+	if res.Booking.Mark == 0 {
+		return nil // not a booking of takeMulti
+	}
+	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
+	err := s.run(ctx, multiScript, keys, multiArgs("c", req, strconv.FormatUint(res.Booking.Mark, 10))...).Err()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
+// holdMulti holds off every window of req for d, and records the hold.
+func (s *RedisStore) holdMulti(ctx context.Context, key string, req Request, d time.Duration) error {
+	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
+	return s.run(ctx, multiScript, keys, multiArgs("h", req, micros(d))...).Err()
+}

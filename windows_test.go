@@ -1,0 +1,396 @@
+package throttle
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// windowStore is a store with windows on a fake clock: bucket(per) is how
+// late the store may admit under a window of length per (RedisStore's
+// bucket windows count a start at the end of its bucket; MemoryStore is
+// exact).
+type windowStore struct {
+	name    string
+	store   Store
+	advance func(time.Duration)
+	bucket  func(per time.Duration) time.Duration
+	client  *redis.Client // nil for the memory store
+}
+
+func windowStores(t *testing.T) []windowStore {
+	mem, memAdvance := fakeMemory()
+	mr, mrAdvance := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return []windowStore{
+		{name: "memory", store: mem, advance: memAdvance, bucket: func(time.Duration) time.Duration { return 0 }},
+		{name: "miniredis", store: NewRedisStore(c), advance: mrAdvance, client: c,
+			bucket: func(per time.Duration) time.Duration { return time.Duration((micros(per)+159)/160) * time.Microsecond }},
+	}
+}
+
+// TestLimitPerRefusalUsesNoOtherWindow is the case of issue 21: with 2
+// starts per 200 ms and 3 per 2 s, the third call is refused by the short
+// window; once that window has passed, one more call is still admitted,
+// which fails if the refusal had used up the long window (as chained
+// limiters do), and the call after it is refused by the long window.
+func TestLimitPerRefusalUsesNoOtherWindow(t *testing.T) {
+	for _, ws := range windowStores(t) {
+		t.Run(ws.name, func(t *testing.T) {
+			const short, long = 200 * time.Millisecond, 2 * time.Second
+			th, err := New("issue21", short, WithLimit(2), WithLimitPer(3, long), WithStore(ws.store), WithDenyCache(false))
+			require.NoError(t, err)
+			ctx := context.Background()
+			allow := func(want bool, what string) Decision {
+				t.Helper()
+				d, err := th.Allow(ctx)
+				require.NoError(t, err, what)
+				require.Equal(t, want, d.Allowed, what)
+				return d
+			}
+			allow(true, "first call")
+			allow(true, "second call")
+			d := allow(false, "third call, refused by the short window")
+			assert.GreaterOrEqual(t, d.RetryAfter, short, "third call's RetryAfter")
+			assert.LessOrEqual(t, d.RetryAfter, short+ws.bucket(short), "third call's RetryAfter")
+			elapsed := d.RetryAfter
+			ws.advance(elapsed)
+			allow(true, "fourth call, once the short window passed: the long window has room")
+			d = allow(false, "fifth call, refused by the long window")
+			assert.GreaterOrEqual(t, d.RetryAfter, long-elapsed, "fifth call's RetryAfter: the latest window's")
+			assert.LessOrEqual(t, d.RetryAfter, long-elapsed+ws.bucket(long), "fifth call's RetryAfter")
+			ws.advance(d.RetryAfter)
+			allow(true, "sixth call, once the long window passed")
+		})
+	}
+}
+
+// TestLimitPerKeepsEveryWindow runs random schedules of Take (now, booked,
+// and cancelled) under three windows on both stores, on fake clocks, and
+// checks them against the exact sliding window of every window:
+//   - no window ever holds more than its limit (checked over every start,
+//     booked ones at their booked time, cancelled ones left out);
+//   - a denial of a call that may not wait has, in some window, the limit
+//     of starts (or of starts and handed-back bookings, which a store may
+//     keep) from its length (plus one bucket on Redis) before it on;
+//   - a denial's RetryAfter is exact: one microsecond earlier the store
+//     still denies, and at it the store admits.
+func TestLimitPerKeepsEveryWindow(t *testing.T) {
+	windows := []Window{{Interval: time.Second, Limit: 10}, {Interval: 4 * time.Second, Limit: 24}}
+	base := Request{Interval: 100 * time.Millisecond, Limit: 3, Windows: windows}
+	all := append([]Window{{Interval: base.Interval, Limit: base.Limit}}, windows...)
+	for _, ws := range windowStores(t) {
+		for seed := range uint64(2) {
+			t.Run(fmt.Sprintf("%s seed %d", ws.name, seed), func(t *testing.T) {
+				ctx := context.Background()
+				key := t.Name()
+				rng := rand.New(rand.NewPCG(seed, 21))
+				var now time.Duration
+				// starts are the starts that happen; handed back are the
+				// cancelled bookings, which a store may still count.
+				var starts, handedBack []time.Duration
+				advance := func(d time.Duration) { ws.advance(d); now += d }
+				alone := make([]int, len(all)) // denials where only window i is full
+				full := func() bool {
+					var which []int
+					for i, w := range all {
+						n := 0
+						for _, s := range append(slices.Clone(starts), handedBack...) {
+							if s > now-w.Interval-ws.bucket(w.Interval) {
+								n++
+							}
+						}
+						if n >= w.Limit {
+							which = append(which, i)
+						}
+					}
+					if len(which) == 1 {
+						alone[which[0]]++
+					}
+					return len(which) > 0
+				}
+				var last Reservation // the newest booking not cancelled, if any
+				lastAt := -1
+				admitted, denied, booked, cancelled, probed := 0, 0, 0, 0, 0
+				for i := range 2500 {
+					step := time.Duration(rng.Int64N(int64(40*time.Millisecond))) / time.Microsecond * time.Microsecond
+					if rng.IntN(100) == 0 {
+						step = time.Duration(rng.Int64N(int64(5*time.Second))) / time.Microsecond * time.Microsecond
+					}
+					advance(step)
+					if lastAt >= 0 && rng.IntN(6) == 0 {
+						// Hand back the newest booking, sometimes twice
+						// (a replay): the start does not happen.
+						for range 1 + rng.IntN(2) {
+							require.NoError(t, ws.store.Cancel(ctx, key, base, last), "Cancel %d", i)
+						}
+						handedBack = append(handedBack, starts[lastAt])
+						starts = slices.Delete(starts, lastAt, lastAt+1)
+						lastAt = -1
+						cancelled++
+					}
+					req := base
+					if rng.IntN(4) == 0 {
+						req.MaxWait = time.Duration(rng.Int64N(int64(500*time.Millisecond))) / time.Microsecond * time.Microsecond
+					}
+					res, err := ws.store.Take(ctx, key, req)
+					require.NoError(t, err, "Take %d", i)
+					if res.OK {
+						require.LessOrEqual(t, res.Delay, req.MaxWait, "Take %d: delay", i)
+						starts = append(starts, now+res.Delay)
+						admitted++
+						if res.Delay > 0 {
+							last, lastAt = res, len(starts)-1
+							booked++
+						}
+						continue
+					}
+					denied++
+					if req.MaxWait > 0 {
+						continue
+					}
+					require.True(t, full(), "Take %d at %v denied with no window full: %+v, starts %v", i, now, res, starts)
+					require.Positive(t, res.RetryAfter, "Take %d: RetryAfter of a denial", i)
+					if rng.IntN(3) != 0 || res.RetryAfter <= time.Microsecond {
+						continue
+					}
+					probed++
+					advance(res.RetryAfter - time.Microsecond)
+					res2, err := ws.store.Take(ctx, key, base)
+					require.NoError(t, err, "probe %d", i)
+					require.False(t, res2.OK, "Take %d: admitted 1µs before the RetryAfter %v", i, res.RetryAfter)
+					advance(time.Microsecond)
+					res2, err = ws.store.Take(ctx, key, base)
+					require.NoError(t, err, "probe %d", i)
+					require.True(t, res2.OK, "Take %d: denied at the RetryAfter %v", i, res.RetryAfter)
+					require.Zero(t, res2.Delay, "Take %d: delay at the RetryAfter", i)
+					starts = append(starts, now)
+					admitted++
+				}
+				sorted := slices.Clone(starts)
+				slices.Sort(sorted)
+				for _, w := range all {
+					for i := 0; i+w.Limit < len(sorted); i++ {
+						require.GreaterOrEqual(t, sorted[i+w.Limit]-sorted[i], w.Interval,
+							"%d starts from %v within %v: more than %d per %v", w.Limit+1, sorted[i], w.Interval, w.Limit, w.Interval)
+					}
+				}
+				t.Logf("%d admitted (%d booked, %d cancelled), %d denied (by one window alone: %v), %d RetryAfter probes", admitted, booked, cancelled, denied, alone, probed)
+				for i, w := range all {
+					assert.Positive(t, alone[i], "denials by %d per %v alone: every window binds in turn", w.Limit, w.Interval)
+				}
+				assert.Greater(t, admitted, 200, "admissions")
+				assert.Greater(t, denied, 200, "denials")
+				assert.Greater(t, booked, 20, "bookings")
+				assert.Greater(t, cancelled, 5, "cancels")
+				assert.Greater(t, probed, 20, "RetryAfter probes")
+				if ws.client != nil {
+					for _, name := range ws.store.(*RedisStore).windowKeys(key, base) {
+						n, err := ws.client.HLen(ctx, name).Result()
+						require.NoError(t, err)
+						assert.LessOrEqual(t, n, int64(643), "fields of %s", name)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestLimitPerCancelHandsBackOnlyItsBooking hands a booking back, replays
+// the cancel, books again in its place and replays the first cancel once
+// more: the replays change nothing, so the next booking goes after the
+// long window's limit. The cancel must free the start in every window: if
+// the long window kept it, the second booking would come 250 ms later.
+func TestLimitPerCancelHandsBackOnlyItsBooking(t *testing.T) {
+	mr, _ := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: 100 * time.Millisecond, Limit: 2, Windows: []Window{{Interval: 250 * time.Millisecond, Limit: 3}}}
+	book := Request{Interval: req.Interval, Limit: req.Limit, Windows: req.Windows, MaxWait: 2 * time.Second}
+	for i := range 2 {
+		res, err := s.Take(ctx, "replay", req)
+		require.NoError(t, err)
+		require.True(t, res.OK && res.Delay == 0, "start %d now", i)
+	}
+	first, err := s.Take(ctx, "replay", book)
+	require.NoError(t, err)
+	require.True(t, first.OK, "first booking")
+	assert.InDelta(t, 100*time.Millisecond, first.Delay, float64(2*time.Millisecond), "first booking: after the short window")
+	require.NoError(t, s.Cancel(ctx, "replay", book, first))
+	require.NoError(t, s.Cancel(ctx, "replay", book, first), "replayed cancel")
+	second, err := s.Take(ctx, "replay", book)
+	require.NoError(t, err)
+	require.True(t, second.OK, "second booking")
+	assert.Equal(t, first.Delay, second.Delay, "second booking: in the place the first left, in every window")
+	require.NoError(t, s.Cancel(ctx, "replay", book, first), "late replay of the first cancel")
+	third, err := s.Take(ctx, "replay", book)
+	require.NoError(t, err)
+	require.True(t, third.OK, "third booking")
+	assert.GreaterOrEqual(t, third.Delay, 250*time.Millisecond, "third booking: the long window holds 0, 0 and the second booking")
+}
+
+// TestLimitPerWaitHandsBackInEveryWindow: a Wait whose ctx ends hands its
+// booking back in both windows. With 2 per 100 ms and 4 per 1 s, after
+// two starts and a cancelled booking at 100 ms, two more calls are
+// admitted at 100 ms (the short window did not keep the booking) and a
+// fifth is refused by the long window (which did not keep it either: with
+// it, the second of those calls would be refused).
+func TestLimitPerWaitHandsBackInEveryWindow(t *testing.T) {
+	for _, ws := range windowStores(t) {
+		t.Run(ws.name, func(t *testing.T) {
+			th, err := New("wait", 100*time.Millisecond, WithLimit(2), WithLimitPer(4, time.Second), WithStore(ws.store), WithDenyCache(false))
+			require.NoError(t, err)
+			ctx := context.Background()
+			for i := range 2 {
+				d, err := th.Allow(ctx)
+				require.NoError(t, err)
+				require.True(t, d.Allowed, "start %d", i)
+			}
+			// The fake clock stands still, so the booking's timer (real
+			// time, 100 ms) outlasts the ctx.
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			time.AfterFunc(20*time.Millisecond, cancel)
+			require.ErrorIs(t, th.Wait(wctx), context.Canceled, "Wait whose ctx ends before its turn")
+			ws.advance(100*time.Millisecond + ws.bucket(100*time.Millisecond))
+			for i := range 2 {
+				d, err := th.Allow(ctx)
+				require.NoError(t, err)
+				require.True(t, d.Allowed, "start %d after the short window", i)
+			}
+			d, err := th.Allow(ctx)
+			require.NoError(t, err)
+			assert.False(t, d.Allowed, "fifth start within the long window")
+		})
+	}
+}
+
+// TestLimitPerKeyedWait waits through a Keyed with two windows on the real
+// clock: each key books its own starts in both windows, and no key slows
+// another.
+func TestLimitPerKeyedWait(t *testing.T) {
+	const short, long = 50 * time.Millisecond, 300 * time.Millisecond
+	k, err := NewKeyed(short, WithLimit(2), WithLimitPer(3, long))
+	require.NoError(t, err)
+	ctx := context.Background()
+	type call struct{ asked, started time.Time }
+	var mu sync.Mutex
+	calls := map[string][]call{}
+	var wg sync.WaitGroup
+	for _, key := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 4 {
+				asked := time.Now()
+				if !assert.NoError(t, k.Wait(ctx, key), "Wait %s", key) {
+					return
+				}
+				mu.Lock()
+				calls[key] = append(calls[key], call{asked, time.Now()})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for key, cs := range calls {
+		require.Len(t, cs, 4, "calls of %s", key)
+		// Starts 0 and 1 are admitted at once; 2 only after the short
+		// window, 3 only after the long one (sound: start minus ask).
+		assert.GreaterOrEqual(t, cs[2].started.Sub(cs[0].asked), short, "%s: third start after the short window", key)
+		assert.GreaterOrEqual(t, cs[3].started.Sub(cs[0].asked), long, "%s: fourth start after the long window", key)
+		assert.Less(t, cs[3].started.Sub(cs[0].asked), long+time.Second, "%s: fourth start within a generous bound", key)
+	}
+}
+
+// TestLimitPerHoldAndResetCoverEveryWindow holds and resets a key with two
+// windows on Redis (fake clock) and checks every window's key.
+func TestLimitPerHoldAndResetCoverEveryWindow(t *testing.T) {
+	mr, advance := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisStore(c)
+	th, err := New("hr", 100*time.Millisecond, WithLimit(2), WithLimitPer(3, time.Second), WithStore(s), WithDenyCache(false))
+	require.NoError(t, err)
+	ctx := context.Background()
+	allowed := func() bool {
+		t.Helper()
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		return d.Allowed
+	}
+	require.True(t, allowed())
+	require.True(t, allowed())
+	advance(102 * time.Millisecond)
+	require.True(t, allowed(), "third start, after the short window")
+	require.False(t, allowed(), "fourth start, within the long window")
+
+	req := th.c.request(0)
+	keys := s.KeysFor("hr", req)
+	assert.Equal(t, []string{"throttle:{hr}:w:100000:2", "throttle:{hr}:w:1000000:3", "throttle:{hr}:hold"}, keys, "KeysFor")
+	for _, name := range mr.Keys() {
+		assert.Contains(t, keys, name, "a key written is among KeysFor")
+	}
+	require.NoError(t, th.Reset(ctx))
+	assert.Empty(t, mr.Keys(), "keys after Reset")
+	require.True(t, allowed(), "after Reset")
+	require.True(t, allowed(), "after Reset: the long window was reset too")
+
+	require.NoError(t, th.Hold(ctx, 500*time.Millisecond))
+	for _, name := range keys[:2] {
+		h, err := c.HGet(ctx, name, "hold").Result()
+		require.NoError(t, err, "hold of %s", name)
+		assert.NotEmpty(t, h, "hold of %s", name)
+	}
+	held, err := th.Held(ctx)
+	require.NoError(t, err)
+	assert.InDelta(t, 500*time.Millisecond, held, float64(time.Millisecond), "Held")
+	advance(200 * time.Millisecond)
+	d, err := th.Allow(ctx)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "during the hold, with room in both windows")
+	assert.Equal(t, 300*time.Millisecond, d.RetryAfter, "RetryAfter during the hold")
+	advance(300 * time.Millisecond)
+	assert.True(t, allowed(), "after the hold")
+}
+
+// plainStore is a Store that does not say it keeps windows.
+type plainStore struct{ Store }
+
+func TestLimitPerOptions(t *testing.T) {
+	th, err := New("k", time.Second, WithLimit(10), WithLimitPer(5, time.Second), WithLimitPer(100, time.Hour),
+		WithLimitPer(50, time.Minute), WithLimitPer(70, time.Minute), WithLimitPer(20, 10*time.Second), WithLimitPer(90, time.Hour))
+	require.NoError(t, err)
+	assert.Equal(t, 5, th.c.cfg.limit, "a window of the interval's length tightens the limit")
+	assert.Equal(t, []Window{{10 * time.Second, 20}, {time.Minute, 50}, {time.Hour, 90}}, th.c.cfg.windows,
+		"windows of one length merged to the tightest, shortest first")
+	assert.Nil(t, th.c.permits, "no leased permits with windows")
+
+	_, err = NewKeyed(time.Second, WithLimitPer(0, time.Hour))
+	require.EqualError(t, err, "throttle: WithLimitPer limit 0 is below 1", "NewKeyed")
+	_, err = NewKeyed(time.Second, WithStore(plainStore{NewMemoryStore()}), WithLimitPer(1, time.Hour))
+	require.ErrorContains(t, err, "is not a WindowStore", "NewKeyed on a store that does not keep windows")
+	_, err = New("k", time.Second, WithStore(plainStore{NewMemoryStore()}))
+	require.NoError(t, err, "a store that does not keep windows, without windows")
+
+	// The options are copied, not shared: a throttle's windows do not move
+	// when another is made from the same options.
+	opts := []Option{WithLimitPer(3, time.Minute)}
+	a, err := New("a", time.Second, opts...)
+	require.NoError(t, err)
+	b, err := New("b", time.Second, append(opts, WithLimitPer(2, time.Minute))...)
+	require.NoError(t, err)
+	assert.Equal(t, 3, a.c.cfg.windows[0].Limit, "a's window")
+	assert.Equal(t, 2, b.c.cfg.windows[0].Limit, "b's window")
+}
