@@ -68,6 +68,8 @@ type workerSpec struct {
 	// Hoard makes the worker call until a leased permit answers, print
 	// one line, and then sleep holding the rest of its batch unspent.
 	Hoard bool `json:"hoard,omitempty"`
+	// Windows are the windows of WithLimitPer, if any.
+	Windows []Window `json:"windows,omitempty"`
 }
 
 // workerEvent is one event line of a worker: a simevent line plus the index
@@ -112,6 +114,9 @@ func runWorker() error {
 		_ = enc.Encode(e)
 	}
 	opts := []Option{WithStore(NewRedisStore(c)), WithLimit(spec.Limit), WithWait(spec.Wait), WithTimeout(time.Second)}
+	for _, w := range spec.Windows {
+		opts = append(opts, WithLimitPer(w.Limit, w.Interval))
+	}
 	if spec.Hoard {
 		return hoard(spec, opts)
 	}
