@@ -1,0 +1,43 @@
+package throttletest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle"
+)
+
+// TestStoreWindows runs a throttle with two windows on the fake clock:
+// Advance moves both, Count sees every start, and Reset clears both.
+func TestStoreWindows(t *testing.T) {
+	s := New(t)
+	th, err := throttle.New("w", 100*time.Millisecond, append(s.Options(), throttle.WithLimit(2), throttle.WithLimitPer(3, time.Minute))...)
+	require.NoError(t, err)
+	ctx := t.Context()
+	allowed := func() bool {
+		t.Helper()
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		return d.Allowed
+	}
+	assert.True(t, allowed())
+	assert.True(t, allowed())
+	assert.False(t, allowed(), "third start within 100ms")
+	s.Advance(100*time.Millisecond + time.Millisecond)
+	assert.True(t, allowed(), "third start after 100ms")
+	assert.False(t, allowed(), "fourth start within the minute")
+	for _, name := range s.KeysFor("w", throttle.Request{Interval: 100 * time.Millisecond, Limit: 2,
+		Windows: []throttle.Window{{Interval: time.Minute, Limit: 3}}})[:2] {
+		assert.True(t, s.Miniredis().Exists(name), "window key %s", name)
+	}
+	// A window on Redis admits at most one bucket (1/160 of it) late.
+	s.Advance(time.Minute + time.Minute/160)
+	assert.True(t, allowed(), "fourth start after the minute")
+	assert.Equal(t, 4, s.Count("w"), "starts admitted")
+	require.NoError(t, th.Reset(ctx))
+	assert.True(t, allowed())
+	assert.True(t, allowed(), "after Reset: both windows empty")
+}
