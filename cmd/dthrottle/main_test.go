@@ -132,6 +132,29 @@ func TestSimEmbeddedWait(t *testing.T) {
 	checkRun(t, 100*time.Millisecond, 2, 3, "--wait", "150ms", "--quiet")
 }
 
+// TestSimLimitPer runs the simulator with a second window, 3 per 500 ms on
+// top of 2 per 100 ms, and checks that its summary checks that window too,
+// from the same events.
+func TestSimLimitPer(t *testing.T) {
+	t.Parallel()
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	code, out, errOut := runCmd(context.Background(), "sim", "--workers", "3", "--interval", "100ms", "--limit", "2",
+		"--limit-per", "3/500ms", "--duration", "1.5s", "--api-time", "150ms", "--seed", "42", "--quiet", "--events", events)
+	require.Equal(t, exitOK, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	assert.Contains(t, out, "PASS: the guarantee held")
+	assert.Contains(t, out, "at most 2 start(s) in any 100ms window and 3 in any 500ms window")
+	f, err := os.Open(events)
+	require.NoError(t, err)
+	defer f.Close()
+	evs, err := simevent.Read(f)
+	require.NoError(t, err)
+	rep := simevent.Check(simevent.Admissions(evs), 500*time.Millisecond, 3, 1500*time.Millisecond)
+	assert.Equal(t, rep.Violations, summaryFigure(t, out, "provable violations per 500ms"), "the summary checks the second window")
+	assert.Regexp(t, fmt.Sprintf(`(?m)^  max starts in any 500ms \(raw\) +%d +limit 3`, rep.MaxInWindow), out)
+	assert.Zero(t, rep.Violations)
+	assert.Positive(t, rep.Starts, "liveness: some calls were admitted")
+}
+
 func TestSimRedisServer(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -159,6 +182,9 @@ func TestSimBadFlags(t *testing.T) {
 		{[]string{"--api-time", "-1s"}, "--api-time -1s: must not be negative"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 		{[]string{"--redis", "redis://x:y:z"}, "bad --redis URL"},
+		{[]string{"--limit-per", "20"}, `invalid value "20" for flag -limit-per: want N/DURATION`},
+		{[]string{"--limit-per", "0/1s"}, "--limit-per 0/1s: WithLimitPer limit 0 is below 1"},
+		{[]string{"--limit-per", "1/2s", "--limit-per", "1/3s", "--limit-per", "1/4s", "--limit-per", "1/5s"}, "4 windows of WithLimitPer, at most 3"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -115,6 +116,7 @@ func (r *simResult) report(w io.Writer) int {
 		rep.Starts = len(simevent.Admissions(r.events()))
 	}
 	st := r.stats()
+	windows := windowReports(simevent.Admissions(r.events()), c.limitPer, r.span)
 
 	title := "timeline"
 	if r.interrupted {
@@ -140,6 +142,9 @@ func (r *simResult) report(w io.Writer) int {
 	fmt.Fprintf(w, "\nguarantee: ")
 	if rated {
 		fmt.Fprintf(w, "at most %d start(s) in any %v window", c.limit, c.interval)
+		for _, win := range c.limitPer {
+			fmt.Fprintf(w, " and %d in any %v window", win.Limit, win.Interval)
+		}
 		if c.concurrency > 0 {
 			fmt.Fprint(w, " and ")
 		}
@@ -173,9 +178,13 @@ func (r *simResult) report(w io.Writer) int {
 		possible := r.possible()
 		row(fmt.Sprintf("max starts in any %v (raw)", c.interval), fmt.Sprint(rep.MaxInWindow), fmt.Sprintf("limit %d", c.limit))
 		row("provable violations", fmt.Sprint(rep.Violations), "")
+		for i, win := range c.limitPer {
+			row(fmt.Sprintf("max starts in any %v (raw)", win.Interval), fmt.Sprint(windows[i].MaxInWindow), fmt.Sprintf("limit %d (--limit-per)", win.Limit))
+			row(fmt.Sprintf("provable violations per %v", win.Interval), fmt.Sprint(windows[i].Violations), "")
+		}
 		row("admitted / capacity", fmt.Sprintf("%d / %.1f", rep.Starts, rep.Ideal),
 			fmt.Sprintf("= %s  (capacity: limit x duration / interval)", ratio(float64(rep.Starts), rep.Ideal)))
-		if c.concurrency == 0 {
+		if c.concurrency == 0 && len(c.limitPer) == 0 {
 			row("admitted / possible", fmt.Sprintf("%d / %d", rep.Starts, possible),
 				fmt.Sprintf("= %s  (possible: the most a perfect throttle", ratio(float64(rep.Starts), float64(possible))))
 			row("", "", fmt.Sprintf("   could admit of these %d calls)", tot.calls))
@@ -204,6 +213,14 @@ func (r *simResult) report(w io.Writer) int {
 		status = exitFail
 		fmt.Fprintf(w, "FAIL: the guarantee did not hold: %d group(s) of %d starts provably within less than %v\n",
 			rep.Violations, c.limit+1, c.interval)
+	case slices.ContainsFunc(windows, func(r simevent.Report) bool { return !r.OK() }):
+		status = exitFail
+		for i, win := range c.limitPer {
+			if !windows[i].OK() {
+				fmt.Fprintf(w, "FAIL: the guarantee did not hold: %d group(s) of %d starts provably within less than %v (--limit-per)\n",
+					windows[i].Violations, win.Limit+1, win.Interval)
+			}
+		}
 	case c.concurrency > 0 && peak > c.concurrency:
 		status = exitFail
 		fmt.Fprintf(w, "FAIL: the guarantee did not hold: %d calls in flight at once, cap %d\n", peak, c.concurrency)

@@ -54,6 +54,8 @@ type simConfig struct {
 	seed        uint64
 	quiet       bool
 	width       int
+	// limitPer holds the windows of --limit-per (throttle.WithLimitPer).
+	limitPer limitPer
 }
 
 const simAbout = `Starts W worker processes (this program, re-executed) that share one throttle
@@ -91,6 +93,7 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 	fs.Uint64Var(&c.seed, "seed", 0, "seed of the workers' random pauses and API times (0: a random seed, printed)")
 	fs.BoolVar(&c.quiet, "quiet", false, "do not print one line per event")
 	fs.IntVar(&c.width, "width", 0, "columns of the ASCII timeline (0: $COLUMNS or 80)")
+	fs.Var(&c.limitPer, "limit-per", "one more window, `N/DURATION` such as 20/1s: at most N starts in any window of DURATION too (throttle.WithLimitPer; repeatable)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, flagError(err)
@@ -126,6 +129,15 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 		return c, badUsage(fs, "--key: must not be empty")
 	case c.width < 0:
 		return c, badUsage(fs, "--width %d: must not be negative", c.width)
+	}
+	if len(c.limitPer) > 0 {
+		opts := append(c.limitPer.options(), throttle.WithLimit(c.limit), throttle.WithStore(throttle.NewMemoryStore()))
+		if c.concurrency > 0 {
+			opts = append(opts, throttle.WithConcurrency(c.concurrency))
+		}
+		if _, err := throttle.New(c.key, c.interval, opts...); err != nil {
+			return c, badUsage(fs, "--limit-per %v: %v", c.limitPer.String(), strings.TrimPrefix(err.Error(), "throttle: "))
+		}
 	}
 	if c.think == 0 {
 		c.think = max(c.interval/2, time.Millisecond)
@@ -214,6 +226,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case c.concurrency > 0:
 		limits += fmt.Sprintf(" and %d call(s) in flight", c.concurrency)
 	}
+	for _, w := range c.limitPer {
+		limits += fmt.Sprintf(" and %d per %v", w.Limit, w.Interval)
+	}
 	fmt.Fprintf(stdout, "dthrottle sim: %d worker processes share one throttle: key %q, %s\n", c.workers, c.key, limits)
 	fmt.Fprintf(stdout, "  store: %s\n", storeDesc)
 	fmt.Fprintf(stdout, "  each worker pauses ~%v (random) between calls; the fake API takes ~%v (random)\n", c.think, c.apiTime)
@@ -246,7 +261,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for id := 1; id <= c.workers; id++ {
 		w, err := startWorker(exe, workerConfig{
 			id: id, redisURL: c.redisURL, key: c.key, interval: c.interval, limit: c.limit,
-			concurrency: c.concurrency, leaseTTL: c.leaseTTL,
+			concurrency: c.concurrency, leaseTTL: c.leaseTTL, limitPer: c.limitPer,
 			wait: c.wait, apiTime: c.apiTime, think: c.think, timeout: c.timeout, seed: c.seed,
 		}, stderr, msgs)
 		if err != nil {

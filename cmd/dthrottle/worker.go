@@ -52,11 +52,12 @@ type workerConfig struct {
 	think       time.Duration
 	timeout     time.Duration
 	seed        uint64
+	limitPer    limitPer
 }
 
 // args returns the command line of the hidden worker subcommand.
 func (c workerConfig) args() []string {
-	return []string{"worker",
+	return append([]string{"worker",
 		"--id", strconv.Itoa(c.id),
 		"--redis", c.redisURL,
 		"--key", c.key,
@@ -69,7 +70,7 @@ func (c workerConfig) args() []string {
 		"--think", c.think.String(),
 		"--timeout", c.timeout.String(),
 		"--seed", strconv.FormatUint(c.seed, 10),
-	}
+	}, c.limitPer.args()...)
 }
 
 // runWorker is one worker process of a simulation (see the protocol above).
@@ -88,6 +89,7 @@ func runWorker(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.DurationVar(&c.think, "think", time.Second, "mean pause between calls")
 	fs.DurationVar(&c.timeout, "timeout", throttle.DefaultTimeout, "store timeout")
 	fs.Uint64Var(&c.seed, "seed", 1, "seed")
+	fs.Var(&c.limitPer, "limit-per", "more windows")
 	if _, err := parseArgs(fs, args); err != nil {
 		return flagError(err)
 	}
@@ -136,6 +138,7 @@ func work(ctx context.Context, c workerConfig, stdin io.Reader, stdout io.Writer
 	if c.wait > 0 {
 		opts = append(opts, throttle.WithWait(c.wait))
 	}
+	opts = append(opts, c.limitPer.options()...)
 	if c.concurrency > 0 {
 		// fn holds a lease from its start event to its finish event.
 		opts = append(opts, throttle.WithConcurrency(c.concurrency), throttle.WithLeaseTTL(c.leaseTTL))
