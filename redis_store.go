@@ -213,7 +213,8 @@ func (s *RedisStore) name(key, suffix string) string {
 // Keys returns the names of the Redis keys that a throttle of key under
 // limit may write: its slots (limit up to 64) or its window (above), then
 // the record of its holds. Use it to inspect or delete a throttle's state, or
-// to write ACL key patterns.
+// to write ACL key patterns. A throttle with WithLimitPer writes other keys:
+// see KeysFor.
 func (s *RedisStore) Keys(key string, limit int) []string {
 	var keys []string
 	if limit > maxSlots {

@@ -34,7 +34,9 @@ import (
 //
 // With Request.Windows (WithLimitPer) each of the rules above holds for
 // every window, and a start is admitted or booked only where every window
-// admits it; only a WindowStore is given windows.
+// admits it. Only a WindowStore is given windows (see WindowStore): a Store
+// written before them would ignore Request.Windows and admit too many, so
+// New and NewKeyed refuse WithLimitPer on it rather than pass them.
 //
 // Callers sharing a key must use the same interval, limit and windows.
 type Store interface {
