@@ -58,8 +58,8 @@ func multiArgs(op string, req Request, rest ...any) []any {
 }
 
 // takeMulti decides a start under every window of req with multi.lua.
-// Booking.Mark is a booking's random mark, for Cancel, and Booking.Start
-// its start on the server's clock in microseconds (At is not used).
+// Booking.Mark is a booking's random mark, which names it for Cancel in
+// every window (At and Start are not used).
 func (s *RedisStore) takeMulti(ctx context.Context, key string, req Request) (Reservation, error) {
 	var mark uint64
 	if req.MaxWait > 0 {

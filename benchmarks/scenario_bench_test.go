@@ -209,6 +209,12 @@ func benchAllowed(b *testing.B, l Limit, hot bool) {
 		floorLibNamed("floor-autopipeline", ap, l),
 		limiterLib("dthrottle-autopipeline", KeyedLimiter(must(NewDthrottleKeyed(ap, l)))),
 	}
+	runAllowed(b, l, libs, &cmds, hot)
+}
+
+// runAllowed runs the modes of an Allowed workload of limit l for each of
+// libs.
+func runAllowed(b *testing.B, l Limit, libs []lib, cmds *cmdCounter, hot bool) {
 	for _, lb := range libs {
 		w := wantAdmit
 		if strings.HasPrefix(lb.name, "floor") {
@@ -387,4 +393,18 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// BenchmarkAllowedTwoWindows: allowed decisions, 10 per millisecond and
+// 1000 per second on each key (ours: throttle.WithLimitPer, one script over
+// both windows; the floor is the same bare SET NX as in the other rows).
+func BenchmarkAllowedTwoWindows(b *testing.B) {
+	c := server.Start(b).Client(b)
+	var cmds cmdCounter
+	c.AddHook(&cmds)
+	l := Limit{N: 10, Interval: time.Millisecond}
+	runAllowed(b, l, []lib{
+		floorLib(c, l),
+		limiterLib("dthrottle", KeyedLimiter(must(NewDthrottleKeyed(c, l, throttle.WithLimitPer(1000, time.Second))))),
+	}, &cmds, false)
 }
