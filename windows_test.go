@@ -12,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle/internal/redistest"
 )
 
 // windowStore is a store with windows on a fake clock: bucket(per) is how
@@ -212,32 +214,50 @@ func TestLimitPerKeepsEveryWindow(t *testing.T) {
 // the long window kept it, the second booking would come 250 ms later.
 func TestLimitPerCancelHandsBackOnlyItsBooking(t *testing.T) {
 	mr, _ := fakeMiniredis(t)
-	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { _ = c.Close() })
-	s := NewRedisStore(c)
-	ctx := context.Background()
-	req := Request{Interval: 100 * time.Millisecond, Limit: 2, Windows: []Window{{Interval: 250 * time.Millisecond, Limit: 3}}}
-	book := Request{Interval: req.Interval, Limit: req.Limit, Windows: req.Windows, MaxWait: 2 * time.Second}
-	for i := range 2 {
-		res, err := s.Take(ctx, "replay", req)
-		require.NoError(t, err)
-		require.True(t, res.OK && res.Delay == 0, "start %d now", i)
+	mc := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = mc.Close() })
+	type server struct {
+		name  string
+		store *RedisStore
+		slack time.Duration // how far the real clock moves between the calls
 	}
-	first, err := s.Take(ctx, "replay", book)
-	require.NoError(t, err)
-	require.True(t, first.OK, "first booking")
-	assert.InDelta(t, 100*time.Millisecond, first.Delay, float64(2*time.Millisecond), "first booking: after the short window")
-	require.NoError(t, s.Cancel(ctx, "replay", book, first))
-	require.NoError(t, s.Cancel(ctx, "replay", book, first), "replayed cancel")
-	second, err := s.Take(ctx, "replay", book)
-	require.NoError(t, err)
-	require.True(t, second.OK, "second booking")
-	assert.Equal(t, first.Delay, second.Delay, "second booking: in the place the first left, in every window")
-	require.NoError(t, s.Cancel(ctx, "replay", book, first), "late replay of the first cancel")
-	third, err := s.Take(ctx, "replay", book)
-	require.NoError(t, err)
-	require.True(t, third.OK, "third booking")
-	assert.GreaterOrEqual(t, third.Delay, 250*time.Millisecond, "third booking: the long window holds 0, 0 and the second booking")
+	servers := []server{{"miniredis", NewRedisStore(mc), 0}}
+	if redistest.Available() || requireRedis() {
+		servers = append(servers,
+			server{"redis", NewRedisStore(redistest.Start(t).Client(t)), 20 * time.Millisecond},
+			server{"cluster", NewRedisStore(redistest.StartCluster(t, 3).Client(t)), 20 * time.Millisecond})
+	} else {
+		t.Log("redis-server not found: runs on miniredis only")
+	}
+	for _, srv := range servers {
+		t.Run(srv.name, func(t *testing.T) {
+			s := srv.store
+			ctx := context.Background()
+			req := Request{Interval: 100 * time.Millisecond, Limit: 2, Windows: []Window{{Interval: 250 * time.Millisecond, Limit: 3}}}
+			book := req
+			book.MaxWait = 2 * time.Second
+			for i := range 2 {
+				res, err := s.Take(ctx, "replay", req)
+				require.NoError(t, err)
+				require.True(t, res.OK && res.Delay == 0, "start %d now", i)
+			}
+			first, err := s.Take(ctx, "replay", book)
+			require.NoError(t, err)
+			require.True(t, first.OK, "first booking")
+			assert.InDelta(t, 100*time.Millisecond, first.Delay, float64(2*time.Millisecond+srv.slack), "first booking: after the short window")
+			require.NoError(t, s.Cancel(ctx, "replay", book, first))
+			require.NoError(t, s.Cancel(ctx, "replay", book, first), "replayed cancel")
+			second, err := s.Take(ctx, "replay", book)
+			require.NoError(t, err)
+			require.True(t, second.OK, "second booking")
+			assert.InDelta(t, first.Delay, second.Delay, float64(srv.slack), "second booking: in the place the first left, in every window")
+			require.NoError(t, s.Cancel(ctx, "replay", book, first), "late replay of the first cancel")
+			third, err := s.Take(ctx, "replay", book)
+			require.NoError(t, err)
+			require.True(t, third.OK, "third booking")
+			assert.GreaterOrEqual(t, third.Delay, 250*time.Millisecond-srv.slack, "third booking: the long window holds 0, 0 and the second booking")
+		})
+	}
 }
 
 // TestLimitPerWaitHandsBackInEveryWindow: a Wait whose ctx ends hands its
