@@ -19,7 +19,8 @@ const MaxLimit = 1 << 30
 const MaxInterval = 10 * 365 * 24 * time.Hour
 
 // An Option configures a Throttle. Options are made only by the With
-// functions of this package; when one is given twice, the last one wins.
+// functions of this package; when one is given twice, the last one wins
+// (except WithLimitPer, which adds a window each time).
 type Option interface {
 	apply(*config)
 }
