@@ -1,6 +1,7 @@
 package throttletest
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -40,4 +41,20 @@ func TestStoreWindows(t *testing.T) {
 	require.NoError(t, th.Reset(ctx))
 	assert.True(t, allowed())
 	assert.True(t, allowed(), "after Reset: both windows empty")
+}
+
+// TestStoreWindowsCancel: a Wait with two windows whose ctx ends hands its
+// booking back, and Admitted no longer counts it.
+func TestStoreWindowsCancel(t *testing.T) {
+	s := New(t)
+	th, err := throttle.New("wc", 100*time.Millisecond, append(s.Options(), throttle.WithLimit(1), throttle.WithLimitPer(2, time.Second))...)
+	require.NoError(t, err)
+	d, err := th.Allow(t.Context())
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	// The fake clock stands still, so the booking at 100 ms outlasts ctx.
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	require.ErrorIs(t, th.Wait(ctx), context.Canceled)
+	assert.Equal(t, 1, s.Count("wc"), "starts admitted: the cancelled booking is not one")
 }
