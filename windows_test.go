@@ -218,10 +218,11 @@ func TestLimitPerCancelHandsBackOnlyItsBooking(t *testing.T) {
 	t.Cleanup(func() { _ = mc.Close() })
 	type server struct {
 		name  string
-		store *RedisStore
+		store Store
 		slack time.Duration // how far the real clock moves between the calls
 	}
-	servers := []server{{"miniredis", NewRedisStore(mc), 0}}
+	mem, _ := fakeMemory()
+	servers := []server{{"memory", mem, 0}, {"miniredis", NewRedisStore(mc), 0}}
 	if redistest.Available() || requireRedis() {
 		servers = append(servers,
 			server{"redis", NewRedisStore(redistest.Start(t).Client(t)), 20 * time.Millisecond},
