@@ -70,7 +70,7 @@ func (c *core) hold(ctx context.Context, key string, e *entry, d time.Duration) 
 		// Before the store's checks: this process holds off in any case.
 		e.raise(c.now() + int64(d))
 	}
-	e.dropPermits()
+	e.dropPermits(d)
 	h, ok := c.cfg.store.(Holder)
 	if !ok {
 		return fmt.Errorf("throttle: store %T cannot hold keys: it is not a Holder", c.cfg.store)

@@ -79,6 +79,7 @@ type permitPool struct {
 	batch atomic.Pointer[permitBatch]
 
 	misses atomic.Int64 // calls that found no permit since the last refill
+	held   atomic.Int64 // mono ns before which no permit is spent (Hold)
 
 	mu     sync.Mutex
 	flight *permitFlight // the refill in flight, if any
@@ -116,11 +117,16 @@ type permitFlight struct {
 	until    int64
 }
 
-// spend takes one permit of b, if b has one that is still valid. The clock
-// is read after the permit is taken, so the start it admits is never later
+// spend takes one permit of b, if b has one that is still valid and no
+// hold of this process (before held, ns on mono) forbids it. The clock is
+// read after the permit is taken, so the start it admits is never later
 // than the check.
-func (b *permitBatch) spend() bool {
-	return b != nil && b.left.Add(-1) >= 0 && mono() < b.until
+func (b *permitBatch) spend(held *atomic.Int64) bool {
+	if b == nil || b.left.Add(-1) < 0 {
+		return false
+	}
+	now := mono()
+	return now < b.until && now >= held.Load()
 }
 
 // pool returns e's permit pool, made if missing.
@@ -135,12 +141,18 @@ func (e *entry) pool() *permitPool {
 // spendPermit spends one of e's leased permits, if it has one.
 func (e *entry) spendPermit() bool {
 	p := e.permits.Load()
-	return p != nil && p.batch.Load().spend()
+	return p != nil && p.batch.Load().spend(&p.held)
 }
 
-// dropPermits stops e's permits from being spent (after a hold or reset).
-func (e *entry) dropPermits() {
+// dropPermits stops e's permits from being spent, those of a refill still
+// in flight included, for d (a hold) or at once (a reset, d = 0).
+func (e *entry) dropPermits(d time.Duration) {
 	if p := e.permits.Load(); p != nil {
+		for until := mono() + int64(d); d > 0; {
+			if old := p.held.Load(); old >= until || p.held.CompareAndSwap(old, until) {
+				break
+			}
+		}
 		p.batch.Store(nil)
 	}
 }
@@ -202,10 +214,12 @@ func (c *core) takePermit(ctx context.Context, key string, e *entry, req Request
 					return c.alone(ctx, key, req)
 				}
 			}
-			if f.reserved.Add(-1) >= 0 && mono() < f.until {
-				return Reservation{OK: true}, nil
+			if f.reserved.Add(-1) >= 0 {
+				if now := mono(); now < f.until && now >= p.held.Load() {
+					return Reservation{OK: true}, nil
+				}
 			}
-			if p.batch.Load().spend() {
+			if p.batch.Load().spend(&p.held) {
 				return Reservation{OK: true}, nil
 			}
 			if f.err != nil || !f.res.OK {

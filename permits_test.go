@@ -382,3 +382,50 @@ func TestPermitsKeyed(t *testing.T) {
 	assert.Positive(t, ops.count("p"), "batches")
 	assert.Less(t, ops.count("p")+ops.count("t"), 200, "script calls for 1000 admissions")
 }
+
+// gateStore is a Store whose answers to batch requests wait for open to
+// close, once they are decided.
+type gateStore struct {
+	*RedisStore
+	open    chan struct{}
+	decided chan struct{}
+}
+
+func (s gateStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
+	res, err := s.RedisStore.Take(ctx, key, req)
+	if req.Permits > 1 {
+		close(s.decided)
+		<-s.open
+	}
+	return res, err
+}
+
+// TestPermitsHoldStopsARefillInFlight holds a key while the answer to a
+// refill of its permits, granted before the hold, is on its way: the batch
+// that comes back after the hold is not spent in this process.
+func TestPermitsHoldStopsARefillInFlight(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := gateStore{NewRedisStore(c), make(chan struct{}), make(chan struct{})}
+	th, err := New("gate", time.Second, WithLimit(1_000_000), WithStore(s), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	ctx := context.Background()
+	d, err := th.Allow(ctx) // the first refill asks for one
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	refill := make(chan Decision, 1)
+	go func() {
+		d, _ := th.Allow(ctx) // asks for a batch, and waits at the gate
+		refill <- d
+	}()
+	<-s.decided
+	require.NoError(t, th.Hold(ctx, time.Minute))
+	close(s.open)
+	assert.True(t, (<-refill).Allowed, "the call whose batch was granted before the hold")
+	for i := range 10 {
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		assert.False(t, d.Allowed, "call %d after the hold", i)
+	}
+}

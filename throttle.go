@@ -381,7 +381,7 @@ func (c *core) reset(ctx context.Context, key string, e *entry) error {
 	}
 	if e != nil {
 		e.deniedUntil.Store(0)
-		e.dropPermits()
+		e.dropPermits(0)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
