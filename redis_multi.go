@@ -22,8 +22,10 @@ var (
 // KeysFor returns the names of the Redis keys that a throttle of key under
 // req may write, as Keys does; with req.Windows (WithLimitPer) they are the
 // bucket window of each window, P{k}:w:<interval in µs>:<limit>, then the
-// record of its holds.
+// record of its holds. The windows are merged as New merges those of
+// WithLimitPer, so req may give them as the options do.
 func (s *RedisStore) KeysFor(key string, req Request) []string {
+	req.Limit, req.Windows = mergedWindows(req.Interval, req.Limit, req.Windows)
 	if len(req.Windows) == 0 {
 		return s.Keys(key, req.Limit)
 	}

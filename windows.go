@@ -88,7 +88,6 @@ func mergeWindows(interval time.Duration, c *config) error {
 	if len(c.windows) == 0 {
 		return nil
 	}
-	var merged []Window
 	for _, w := range c.windows {
 		switch {
 		case w.Limit < 1:
@@ -100,16 +99,9 @@ func mergeWindows(interval time.Duration, c *config) error {
 		case w.Interval > MaxInterval:
 			return fmt.Errorf("throttle: WithLimitPer interval %v is above %v", w.Interval, MaxInterval)
 		}
-		if w.Interval == interval {
-			c.limit = min(c.limit, w.Limit)
-			continue
-		}
-		if i := slices.IndexFunc(merged, func(m Window) bool { return m.Interval == w.Interval }); i >= 0 {
-			merged[i].Limit = min(merged[i].Limit, w.Limit)
-			continue
-		}
-		merged = append(merged, w)
 	}
+	var merged []Window
+	c.limit, merged = mergedWindows(interval, c.limit, c.windows)
 	switch {
 	case len(merged) > MaxLimitPer:
 		return fmt.Errorf("throttle: %d windows of WithLimitPer, at most %d", len(merged), MaxLimitPer)
@@ -122,9 +114,29 @@ func mergeWindows(interval time.Duration, c *config) error {
 			return fmt.Errorf("throttle: store %T cannot keep the windows of WithLimitPer: it is not a WindowStore", c.store)
 		}
 	}
-	slices.SortFunc(merged, func(a, b Window) int { return cmp.Compare(a.Interval, b.Interval) })
 	c.windows = merged
 	return nil
+}
+
+// mergedWindows returns the limit of interval and the distinct windows,
+// by length, that limit and windows come to: a window of the interval's
+// length tightens the limit, and of windows of one length the tightest
+// stays.
+func mergedWindows(interval time.Duration, limit int, windows []Window) (int, []Window) {
+	var merged []Window
+	for _, w := range windows {
+		if w.Interval == interval {
+			limit = min(limit, w.Limit)
+			continue
+		}
+		if i := slices.IndexFunc(merged, func(m Window) bool { return m.Interval == w.Interval }); i >= 0 {
+			merged[i].Limit = min(merged[i].Limit, w.Limit)
+			continue
+		}
+		merged = append(merged, w)
+	}
+	slices.SortFunc(merged, func(a, b Window) int { return cmp.Compare(a.Interval, b.Interval) })
+	return limit, merged
 }
 
 // longest returns the longest interval of req's windows.

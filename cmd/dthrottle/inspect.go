@@ -21,6 +21,7 @@ type keyFlags struct {
 	limit       int
 	interval    time.Duration
 	concurrency int
+	limitPer    limitPer // the windows of WithLimitPer, if any
 	key         string
 }
 
@@ -37,7 +38,10 @@ func parseKeyCmd(name, about string, withInterval bool, args []string, stderr io
 	}
 	if withInterval {
 		fs.DurationVar(&k.interval, "interval", 0, "the throttle's interval: for a limit above 64, and to show when a booked slot starts (optional)")
+	} else {
+		fs.DurationVar(&k.interval, "interval", 0, "the throttle's interval: needed with --limit-per")
 	}
+	fs.Var(&k.limitPer, "limit-per", "a window of throttle.WithLimitPer, `N/DURATION` (repeat for each; needs --interval)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return k, flagError(err)
@@ -57,6 +61,15 @@ func parseKeyCmd(name, about string, withInterval bool, args []string, stderr io
 		return k, badUsage(fs, "--interval %v: must not be negative", k.interval)
 	case strings.ContainsAny(k.prefix, "{}"):
 		return k, badUsage(fs, "--prefix %q: must not contain '{' or '}'", k.prefix)
+	case len(k.limitPer) > 0 && k.interval == 0:
+		return k, badUsage(fs, "--limit-per needs the throttle's --interval, which names its keys")
+	}
+	if len(k.limitPer) > 0 {
+		// The throttle's own checks, and its merging of the windows.
+		opts := append([]throttle.Option{throttle.WithLimit(k.limit)}, k.limitPer.options()...)
+		if _, err := throttle.New(pos[0], k.interval, opts...); err != nil {
+			return k, badUsage(fs, "%v", err)
+		}
 	}
 	k.key = pos[0]
 	return k, -1
@@ -76,6 +89,10 @@ its expiry millisecond).
 A limit above 64 is a hash, prefix{KEY}:window, of counts of starts per time
 bucket (1/160 of the interval); inspect shows the newest bucket, the count and
 any hold, and with --interval the starts in the window.
+
+A throttle with WithLimitPer keeps one such hash per window,
+prefix{KEY}:w:<interval in µs>:<limit>: give its --interval and each
+--limit-per N/DURATION, and inspect shows each window's ttl, fields and count.
 
 A throttle with a cap (throttle.WithConcurrency) keeps its leases in
 prefix{KEY}:leases, a sorted set of random tokens scored by the last server
@@ -146,6 +163,9 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	store := throttle.NewRedisStore(client, throttle.WithKeyPrefix(k.prefix))
+	if len(k.limitPer) > 0 {
+		return inspectWindows(ctx, client, store, k, w)
+	}
 	names, holdName := stateKeys(store, k.key, k.limit)
 	list := isList(names, k.limit)
 	stray := strayKeys(store, k.key, k.limit)
@@ -226,6 +246,72 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 			strings.Join(quoteAll(found), " and "))
 	}
 	return listErr
+}
+
+// inspectWindows shows the windows of a throttle with WithLimitPer
+// (scripts/multi.lua): one bucket window per window, each with its ttl,
+// its fields and the starts it has counted, and the hold record.
+func inspectWindows(ctx context.Context, client *redis.Client, store *throttle.RedisStore, k keyFlags, w io.Writer) error {
+	names := store.KeysFor(k.key, windowsRequest(k))
+	windows, holdName := names[:len(names)-1], names[len(names)-1]
+	var (
+		now    *redis.TimeCmd
+		hold   *redis.DurationCmd
+		ttls   []*redis.DurationCmd
+		types  []*redis.StatusCmd
+		lens   []*redis.IntCmd
+		counts []*redis.StringCmd
+	)
+	_, err := client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		now = pipe.Time(ctx)
+		for _, name := range windows {
+			types = append(types, pipe.Type(ctx, name))
+			ttls = append(ttls, pipe.PTTL(ctx, name))
+			lens = append(lens, pipe.HLen(ctx, name))
+			counts = append(counts, pipe.HGet(ctx, name, "c"))
+		}
+		hold = pipe.PTTL(ctx, holdName)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		return err
+	}
+	if err := now.Err(); err != nil {
+		return err
+	}
+	row := func(name, format string, a ...any) {
+		fmt.Fprintf(w, "%-13s %s\n", name, fmt.Sprintf(format, a...))
+	}
+	row("key", "%s", strconv.Quote(k.key))
+	row("server time", "%s (Redis TIME)", now.Val().UTC().Format("2006-01-02 15:04:05.000000 MST"))
+	row("windows", "%d: a bucket window each (WithLimitPer), one script decides them all", len(windows))
+	for i, name := range windows {
+		switch t := types[i].Val(); t {
+		case "none":
+			row("window", "%s  none: no state (never used, or idle for its whole interval)", strconv.Quote(name))
+		case "hash":
+			counted := "no start counted"
+			if _, c, ok := strings.Cut(counts[i].Val(), ":"); ok {
+				counted = c + " starts counted so far"
+			}
+			row("window", "%s  ttl %s, %d fields, %s", strconv.Quote(name), ttlText(ttls[i].Val()), lens[i].Val(), counted)
+		default:
+			row("window", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(name), t, ttlText(ttls[i].Val()))
+		}
+	}
+	switch d := hold.Val(); {
+	case d >= 0:
+		row("hold", "%s  %s left (Throttle.Hold)", strconv.Quote(holdName), fmtDur(d))
+	default:
+		row("hold", "%s  none", strconv.Quote(holdName))
+	}
+	return nil
+}
+
+// windowsRequest is the Request of a throttle with the flags' interval,
+// limit and windows, which names its keys.
+func windowsRequest(k keyFlags) throttle.Request {
+	return throttle.Request{Interval: k.interval, Limit: k.limit, Windows: k.limitPer}
 }
 
 // existsEach queues an EXISTS of each of names on pipe.
@@ -489,6 +575,8 @@ const resetAbout = `Deletes the state of throttle KEY in Redis, so its next call
 keys that throttle.RedisStore.Keys names for the limit (--limit, default 1),
 including the record of a hold, which ends the hold, as Throttle.Reset does.
 Give the throttle's own --limit: with a smaller one, some of its slots stay.
+For a throttle with WithLimitPer, give its --interval and each --limit-per
+N/DURATION: its keys are one per window (throttle.RedisStore.KeysFor).
 Processes that were denied recently may still deny from their local cache
 until their retry-after ends (see throttle.WithDenyCache).`
 
@@ -507,6 +595,9 @@ func runReset(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	store := throttle.NewRedisStore(client, throttle.WithKeyPrefix(k.prefix))
 	keys := store.Keys(k.key, k.limit)
 	stray := strayKeys(store, k.key, k.limit)
+	if len(k.limitPer) > 0 {
+		keys, stray = store.KeysFor(k.key, windowsRequest(k)), nil
+	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	// Deleting the keys is what RedisStore.Reset does, in one command that

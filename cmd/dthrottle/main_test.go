@@ -505,7 +505,7 @@ func testInspectAndReset(t *testing.T, addr string) {
 		{"inspect", "k1", "--redis", url, "--prefix", "a{b"},
 		{"reset", "k1"},
 		{"reset", "k1", "--redis", url, "--limit", "-1"},
-		{"reset", "k1", "--redis", url, "--interval", "1s"}, // inspect only
+		{"reset", "k1", "--redis", url, "--concurrency", "2"}, // inspect only
 		{"inspect", "k1", "--redis", "redis://127.0.0.1:1"},
 		{"reset", "k1", "--redis", "redis://127.0.0.1:1"},
 	} {
@@ -587,4 +587,53 @@ func TestSimConcurrency(t *testing.T) {
 	code, _, errOut = runCmd(context.Background(), "sim", "--concurrency", "-1")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "--concurrency -1")
+}
+
+// TestInspectAndResetWindows inspects and resets a throttle with two extra
+// windows (WithLimitPer): inspect shows every window's count, and reset
+// deletes every window, so the next call is admitted.
+func TestInspectAndResetWindows(t *testing.T) {
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	ctx := context.Background()
+	url := "redis://" + mr.Addr()
+	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer client.Close()
+	store := throttle.NewRedisStore(client)
+	opts := []throttle.Option{throttle.WithStore(store), throttle.WithLimit(2),
+		throttle.WithLimitPer(3, time.Minute), throttle.WithLimitPer(5, time.Hour)}
+	th, err := throttle.New("win", time.Second, opts...)
+	require.NoError(t, err)
+	for range 2 {
+		d, err := th.Allow(ctx)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	flags := []string{"win", "--redis", url, "--limit", "2", "--interval", "1s", "--limit-per", "3/1m", "--limit-per", "5/1h"}
+	code, out, errOut := runCmd(ctx, append([]string{"inspect"}, flags...)...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "windows       3: a bucket window each")
+	for _, name := range store.KeysFor("win", throttle.Request{Interval: time.Second, Limit: 2,
+		Windows: []throttle.Window{{Interval: time.Minute, Limit: 3}, {Interval: time.Hour, Limit: 5}}})[:3] {
+		assert.Regexp(t, `(?m)^window +`+regexp.QuoteMeta(strconv.Quote(name))+`  ttl .*, 2 starts counted so far$`, out)
+	}
+	// Another throttle on the key is refused until reset.
+	other, err := throttle.New("win", time.Second, append(opts, throttle.WithDenyCache(false))...)
+	require.NoError(t, err)
+	d, err := other.Allow(ctx)
+	require.NoError(t, err)
+	require.False(t, d.Allowed, "a third call within the second")
+	code, out, errOut = runCmd(ctx, append([]string{"reset"}, flags...)...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "reset: deleted 3 of the 4 keys")
+	d, err = other.Allow(ctx)
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "a call after reset")
+	// Bad flags.
+	code, _, errOut = runCmd(ctx, "reset", "win", "--redis", url, "--limit-per", "3/1m")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "--limit-per needs the throttle's --interval")
+	code, _, errOut = runCmd(ctx, "inspect", "win", "--redis", url, "--interval", "1s", "--limit-per", "0/1m")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "WithLimitPer limit 0 is below 1")
 }
