@@ -429,3 +429,36 @@ func TestPermitsHoldStopsARefillInFlight(t *testing.T) {
 		assert.False(t, d.Allowed, "call %d after the hold", i)
 	}
 }
+
+// TestPermitsOnCluster takes leased permits of keys on every master of a
+// 3-master Redis Cluster through one Keyed: each key keeps its limit, and
+// batches answer most calls.
+func TestPermitsOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3) // skips without redis-cli, unless Redis is required
+	c := cl.Client(t)
+	var local atomic.Int64
+	k, err := NewKeyed(time.Minute, WithLimit(500), WithStore(NewRedisStore(c)), WithTimeout(5*time.Second),
+		WithObserver(func(ev Event) {
+			if ev.Permit {
+				local.Add(1)
+			}
+		}))
+	require.NoError(t, err)
+	ctx := context.Background()
+	keys := clusterKeys(t, cl, "permits:", 3)
+	admitted := map[string]int{}
+	for range 1000 {
+		for _, key := range keys {
+			d, err := k.Allow(ctx, key)
+			require.NoError(t, err)
+			if d.Allowed {
+				admitted[key]++
+			}
+		}
+	}
+	for _, key := range keys {
+		assert.LessOrEqual(t, admitted[key], 500, "admitted of %q within its interval", key)
+		assert.GreaterOrEqual(t, admitted[key], 400, "admitted of %q within its interval", key)
+	}
+	assert.Greater(t, local.Load(), int64(1000), "calls answered by leased permits")
+}
