@@ -153,7 +153,7 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 // Held implements Holder, from the expiry of the key's hold record.
 func (s *RedisStore) Held(ctx context.Context, key string) (time.Duration, error) {
 	return bounded(s, ctx, func(ctx context.Context) (time.Duration, error) {
-		d, err := s.client.PTTL(s.on(ctx), s.name(key, holdSuffix)).Result()
+		d, err := s.client.PTTL(ctx, s.name(key, holdSuffix)).Result() // ctx routed by bounded
 		if errors.Is(err, redis.Nil) {
 			return 0, nil
 		}

@@ -304,7 +304,7 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 	}
 	// The hot path: one SET NX PX on the slot expected to be free.
 	name := s.name(key, slotSuffix[i])
-	ok, err := s.client.SetNX(s.on(ctx), name, "1", ceilMillis(req.Interval)).Result()
+	ok, err := s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result() // ctx routed by Take
 	if err != nil && unsettled(err) {
 		err = retryTryAgain(ctx, func() error {
 			ok, err = s.client.SetNX(s.on(ctx), name, "1", ceilMillis(req.Interval)).Result()
@@ -383,7 +383,7 @@ func slotReservation(v []int64, mark uint64) Reservation {
 func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (Reservation, error) {
 	keys := []string{s.name(key, windowSuffix)}
 	if req.Permits > 1 && req.MaxWait <= 0 {
-		v, err := windowScript.Run(s.on(ctx), s.client, keys,
+		v, err := windowScript.Run(ctx, s.client, keys,
 			"p", micros(req.Interval), req.Limit, req.Permits, micros(req.Validity)).Int64Slice()
 		if err != nil {
 			return Reservation{}, err
@@ -397,7 +397,7 @@ func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (R
 	if req.MaxWait > 0 {
 		mark = rand.Uint64()
 	}
-	v, err := windowScript.Run(s.on(ctx), s.client, keys,
+	v, err := windowScript.Run(ctx, s.client, keys,
 		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10)).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
@@ -422,7 +422,7 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 	}
 	var err error
 	if req.Limit > maxSlots {
-		err = windowScript.Run(s.on(ctx), s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
+		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
 			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10)).Err()
 	} else {
 		b := res.Booking
@@ -432,7 +432,7 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 		if b.At < 0 || b.At >= int64(req.Limit) {
 			return fmt.Errorf("throttle: booking of slot %d for a limit of %d", b.At, req.Limit)
 		}
-		err = unbookScript.Run(s.on(ctx), s.client, []string{s.name(key, slotSuffix[b.At])},
+		err = unbookScript.Run(ctx, s.client, []string{s.name(key, slotSuffix[b.At])},
 			strconv.FormatUint(b.Mark, 10), strconv.FormatInt(b.Start, 10)).Err()
 	}
 	if errors.Is(err, redis.Nil) {

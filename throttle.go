@@ -437,6 +437,14 @@ func (e *entry) raise(until int64) (before int64, raised bool) {
 // maxWait away, and returns what a booking raised the deny cache to and
 // from (see learn). Its errors are ctx's or a *StoreError.
 func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Duration) (Reservation, raised, error) {
+	if c.permits != nil && e.spendPermit() {
+		// A leased permit: no clock is read but the spend's own.
+		res := Reservation{OK: true}
+		if c.cfg.observer != nil {
+			c.observeEvent(key, res, false, true, nil, time.Now())
+		}
+		return res, raised{}, nil
+	}
 	var begin int64
 	var start time.Time // for the observer
 	if c.cfg.denyCache || c.cfg.observer != nil {
@@ -444,13 +452,6 @@ func (c *core) take(ctx context.Context, key string, e *entry, maxWait time.Dura
 	}
 	if c.cfg.observer != nil {
 		start = c.start(begin)
-	}
-	if c.permits != nil && e.spendPermit() {
-		res := Reservation{OK: true}
-		if c.cfg.observer != nil {
-			c.observeEvent(key, res, false, true, nil, start)
-		}
-		return res, raised{}, nil
 	}
 	if c.cfg.denyCache {
 		if until := e.deniedUntil.Load(); until > begin && time.Duration(until-begin) > maxWait {
