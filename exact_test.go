@@ -265,6 +265,17 @@ func (s *countingLeaser) TakeLease(ctx context.Context, key string, req Request,
 	return res, err
 }
 
+// holdEveryLease takes the req.Concurrency leases of key, as holders
+// h0, h1, ...
+func holdEveryLease(t *testing.T, s *RedisStore, key string, req Request) {
+	t.Helper()
+	for i := range req.Concurrency {
+		res, err := s.TakeLease(context.Background(), key, req, fmt.Sprint("h", i))
+		require.NoError(t, err)
+		require.True(t, res.OK, "lease %d", i)
+	}
+}
+
 // TestReleaseWakesOnlyWaiters (issue 19, item 7): releases while nobody
 // waits leave no wake-up behind, so a later waiter asks the store twice:
 // once to find every lease held, once after the release that wakes it.
@@ -278,11 +289,7 @@ func TestReleaseWakesOnlyWaiters(t *testing.T) {
 			s := NewRedisStore(c, WithKeyPrefix("exact:"))
 			req := Request{Limit: 1, Concurrency: k, LeaseTTL: time.Minute}
 			key := "wake"
-			for i := range k {
-				res, err := s.TakeLease(ctx, key, req, fmt.Sprint("h", i))
-				require.NoError(t, err)
-				require.True(t, res.OK)
-			}
+			holdEveryLease(t, s, key, req)
 			// Holders come and go while nobody waits: each release frees a
 			// lease of a full set.
 			for i := range 10 {
@@ -329,11 +336,7 @@ func TestReleasesWakeEveryWaiter(t *testing.T) {
 			s := NewRedisStore(c, WithKeyPrefix("exact:"))
 			req := Request{Limit: 1, Concurrency: k, LeaseTTL: time.Minute}
 			key := "wake-both"
-			for i := range k {
-				res, err := s.TakeLease(ctx, key, req, fmt.Sprint("h", i))
-				require.NoError(t, err)
-				require.True(t, res.OK)
-			}
+			holdEveryLease(t, s, key, req)
 			cl := &countingLeaser{Leaser: s, taken: make(chan Reservation, 10)}
 			th, err := New(key, 0, WithStore(cl), WithConcurrency(k), WithWait(time.Minute))
 			require.NoError(t, err)
