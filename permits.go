@@ -34,11 +34,11 @@ type permitPolicy struct {
 
 // newPermitPolicy returns the permit policy of a throttle, or nil when it
 // does not batch: a limit of at most maxSlots, a store that never blocks,
-// a store with a clock of its own (throttletest), WithPermitBatch(1), or an
-// interval too short.
+// a store with a clock of its own (throttletest), WithPermitBatch(1),
+// WithConcurrency, windows of WithLimitPer, or an interval too short.
 func newPermitPolicy(interval time.Duration, cfg *config, local bool) *permitPolicy {
 	_, clock := cfg.store.(Clock)
-	if cfg.limit <= maxSlots || local || clock || cfg.permitBatch == 1 || cfg.concurrencySet {
+	if cfg.limit <= maxSlots || local || clock || cfg.permitBatch == 1 || cfg.concurrencySet || len(cfg.windows) > 0 {
 		return nil
 	}
 	d, ok := permitValidity(interval)

@@ -255,9 +255,7 @@ func newCore(interval time.Duration, opts []Option) (*core, error) {
 	if cfg.fallback > 0 {
 		c.fallback = NewMemoryStore()
 	}
-	if len(cfg.windows) == 0 {
-		c.permits = newPermitPolicy(interval, &cfg, local)
-	}
+	c.permits = newPermitPolicy(interval, &cfg, local)
 	return c, nil
 }
 
