@@ -349,27 +349,11 @@ func (c *core) granted(ctx context.Context, store Leaser, key string, e *entry, 
 	if res.Delay <= 0 {
 		return l, nil
 	}
-	since := time.Now()
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
-		// The round trip used up the time left: the booked start comes
-		// after ctx ends.
-		c.cancel(ctx, store, key, e, res, learnt)
+	if err := c.sleepUntilStart(ctx, store, key, e, res, learnt); err != nil {
 		l.Release()
-		c.waited(key, since, false, nil)
-		return nil, &ThrottledError{Key: key, RetryAfter: res.Delay}
+		return nil, err
 	}
-	timer := time.NewTimer(res.Delay)
-	select {
-	case <-timer.C:
-		c.waited(key, since, true, nil)
-		return l, nil
-	case <-ctx.Done():
-		timer.Stop()
-		c.cancel(ctx, store, key, e, res, learnt)
-		c.waited(key, since, false, ctx.Err())
-		l.Release()
-		return nil, ctx.Err()
-	}
+	return l, nil
 }
 
 func (c *core) newLease(ctx context.Context, store Leaser, key, token string, req Request) *Lease {

@@ -338,10 +338,18 @@ func (c *core) wait(ctx context.Context, key string, e *entry, maxWait time.Dura
 	if res.Delay <= 0 {
 		return nil
 	}
+	return c.sleepUntilStart(ctx, store, key, e, res, learnt)
+}
+
+// sleepUntilStart sleeps until the start that store booked with res (Delay
+// ahead) and returns nil then. A start that comes after ctx's deadline (the
+// round trip used up the time left) is handed back at once and reported as
+// throttled; a sleep that ctx cuts short hands it back and returns ctx's
+// error. learnt is what the booking taught the deny cache, taken back with
+// it.
+func (c *core) sleepUntilStart(ctx context.Context, store Store, key string, e *entry, res Reservation, learnt raised) error {
 	since := time.Now()
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < res.Delay {
-		// The round trip used up the time left: the booked start comes
-		// after ctx ends. Hand it back, and report it as throttled.
 		c.cancel(ctx, store, key, e, res, learnt)
 		c.waited(key, since, false, nil)
 		return &ThrottledError{Key: key, RetryAfter: res.Delay}
