@@ -192,22 +192,7 @@ func runWorkerProcess(spec string) error {
 }
 
 // events collects events from every server.
-type events struct {
-	mu  sync.Mutex
-	evs []event
-}
-
-func (e *events) add(ev event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.evs = append(e.evs, ev)
-}
-
-func (e *events) snapshot() []event {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]event(nil), e.evs...)
-}
+type events = workerproc.Log[event]
 
 // enqueue enqueues n "work" tasks; every third has MaxRetry(0), and tasks
 // alternate between two tenants. It returns the ids of the MaxRetry(0)
@@ -241,7 +226,7 @@ func waitCompleted(t *testing.T, insp *asynq.Inspector, n int, evs *events) {
 	for {
 		qi, err := insp.GetQueueInfo(queue)
 		starts := 0
-		for _, e := range evs.snapshot() {
+		for _, e := range evs.Snapshot() {
 			if e.Kind == "start" {
 				starts++
 			}
@@ -375,13 +360,13 @@ func TestServersInProcess(t *testing.T) {
 			defer insp.Close()
 			var evs events
 			for w := range 3 {
-				stop, err := startServer(workerConfig{Addr: srv.Addr, Interval: c.interval, Limit: c.limit, Worker: w}, evs.add)
+				stop, err := startServer(workerConfig{Addr: srv.Addr, Interval: c.interval, Limit: c.limit, Worker: w}, evs.Add)
 				require.NoError(t, err)
 				defer stop()
 			}
 			noRetry := enqueue(t, srv.Addr, c.tasks)
 			waitCompleted(t, insp, c.tasks, &evs)
-			checkRun(t, insp, c.tasks, noRetry, evs.snapshot(), c.interval, c.limit)
+			checkRun(t, insp, c.tasks, noRetry, evs.Snapshot(), c.interval, c.limit)
 		})
 	}
 }
@@ -408,14 +393,14 @@ func TestWorkerProcesses(t *testing.T) {
 		specs[i] = workerConfig{Addr: srv.Addr, Interval: interval, Limit: 1, ByTenant: true,
 			Wait: 250 * time.Millisecond, Worker: i}
 	}
-	stopAll := workerproc.Start(t, workerEnv, specs, evs.add)
+	stopAll := workerproc.Start(t, workerEnv, specs, evs.Add)
 	defer stopAll()
 
 	noRetry := enqueue(t, srv.Addr, tasks)
 	waitCompleted(t, insp, tasks, &evs)
 	stopAll()
 
-	all := evs.snapshot()
+	all := evs.Snapshot()
 	pids := map[int]bool{}
 	for _, e := range all {
 		if e.Kind == "start" {

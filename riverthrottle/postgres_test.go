@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dthrottle/throttle"
+	"github.com/dthrottle/throttle/internal/workerproc"
 	"github.com/dthrottle/throttle/riverthrottle"
 )
 
@@ -126,25 +127,12 @@ type event struct {
 
 // events collects events from every client.
 type events struct {
-	mu  sync.Mutex
-	evs []event
-}
-
-func (e *events) add(ev event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.evs = append(e.evs, ev)
-}
-
-func (e *events) snapshot() []event {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]event(nil), e.evs...)
+	workerproc.Log[event]
 }
 
 func (e *events) count(kind string) int {
 	n := 0
-	for _, ev := range e.snapshot() {
+	for _, ev := range e.Snapshot() {
 		if ev.Kind == kind {
 			n++
 		}

@@ -91,7 +91,7 @@ func TestWorkerProcesses(t *testing.T) {
 				specs[i] = clientConfig{Schema: schema, Redis: srv.Addr, Interval: c.interval, Limit: c.limit,
 					Jitter: c.jitter, Wait: c.wait, Workers: 4, Worker: i}
 			}
-			stopAll := workerproc.Start(t, workerEnv, specs, evs.add)
+			stopAll := workerproc.Start(t, workerEnv, specs, evs.Add)
 			defer stopAll()
 
 			insertJobs(t, pool, schema, c.jobs, nil)
@@ -109,7 +109,7 @@ func TestWorkerProcesses(t *testing.T) {
 			pids := map[int]bool{}
 			var as []simevent.Admission
 			first, last := int64(0), int64(0)
-			for _, e := range evs.snapshot() {
+			for _, e := range evs.Snapshot() {
 				if e.Kind != "start" {
 					continue
 				}

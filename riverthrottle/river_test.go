@@ -68,7 +68,7 @@ func TestSnoozeKeepsAttempts(t *testing.T) {
 		schema := riverSchema(t, pool)
 		lim := &denyFirst{n: throttle, asks: map[int64]int{}}
 		var evs events
-		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, nil, nil)
+		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.Add, lim, nil, nil)
 		require.NoError(t, err)
 		defer stop()
 		insertJobs(t, pool, schema, jobs, &river.InsertOpts{MaxAttempts: 3})
@@ -97,7 +97,7 @@ func TestSnoozeKeepsAttempts(t *testing.T) {
 		lim := &denyFirst{asks: map[int64]int{}}
 		var evs events
 		fail := func(*river.Job[workArgs]) error { return errors.New("failing on purpose") }
-		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.add, lim, fail, &river.Config{RetryPolicy: retryNow{}})
+		stop, err := startClient(pool, clientConfig{Schema: schema, Workers: 2}, evs.Add, lim, fail, &river.Config{RetryPolicy: retryNow{}})
 		require.NoError(t, err)
 		defer stop()
 		insertJobs(t, pool, schema, jobs, &river.InsertOpts{MaxAttempts: 3})
@@ -141,7 +141,7 @@ func TestHoldAcrossClients(t *testing.T) {
 	for w := range 2 {
 		cfg := clientConfig{Schema: schema, Redis: srv.Addr, Interval: 20 * time.Millisecond, Limit: 1,
 			Jitter: 30 * time.Millisecond, Workers: 4, Worker: w}
-		stop, err := startClient(pool, cfg, evs.add, nil, result, nil)
+		stop, err := startClient(pool, cfg, evs.Add, nil, result, nil)
 		require.NoError(t, err)
 		defer stop()
 	}
@@ -156,7 +156,7 @@ func TestHoldAcrossClients(t *testing.T) {
 	// holdSet is when the holding job's snooze came back to River, after
 	// the middleware's Hold returned: a decision that began later saw it.
 	var holdSet int64
-	all := evs.snapshot()
+	all := evs.Snapshot()
 	for _, e := range all {
 		if e.Kind == "snooze" && e.JobID == heldJob.Load() && holdSet == 0 {
 			holdSet = e.Started
@@ -194,7 +194,7 @@ func TestConcurrencyCapAcrossClients(t *testing.T) {
 	for w := range 2 {
 		cfg := clientConfig{Schema: schema, Redis: srv.Addr, Cap: k, Jitter: 20 * time.Millisecond,
 			Capacity: 20 * time.Millisecond, Sleep: 40 * time.Millisecond, Workers: 4, Worker: w}
-		stop, err := startClient(pool, cfg, evs.add, nil, nil, nil)
+		stop, err := startClient(pool, cfg, evs.Add, nil, nil, nil)
 		require.NoError(t, err)
 		defer stop()
 	}
@@ -209,7 +209,7 @@ func TestConcurrencyCapAcrossClients(t *testing.T) {
 	}
 	var calls [][2]int64
 	workers := map[int]bool{}
-	for _, e := range evs.snapshot() {
+	for _, e := range evs.Snapshot() {
 		if e.Kind == "start" {
 			calls = append(calls, [2]int64{e.Started, e.Finished})
 			workers[e.Worker] = true
@@ -263,7 +263,7 @@ func TestPerWorkerMiddleware(t *testing.T) {
 	lim := &denyFirst{n: 2, asks: map[int64]int{}}
 	var evs, global events
 	tw := &throttledWorker{mw: []rivertype.WorkerMiddleware{
-		&recorder{emit: evs.add, key: riverthrottle.KindKey},
+		&recorder{emit: evs.Add, key: riverthrottle.KindKey},
 		riverthrottle.New(lim, riverthrottle.WithJitter(0)),
 	}}
 	pw := &plainWorker{}
@@ -276,7 +276,7 @@ func TestPerWorkerMiddleware(t *testing.T) {
 		Workers: workers,
 		// River runs a worker's own middleware outside Config.Middleware:
 		// this one never sees the snoozes.
-		Middleware:        []rivertype.Middleware{&recorder{emit: global.add, key: riverthrottle.KindKey}},
+		Middleware:        []rivertype.Middleware{&recorder{emit: global.Add, key: riverthrottle.KindKey}},
 		FetchCooldown:     5 * time.Millisecond,
 		FetchPollInterval: 20 * time.Millisecond,
 		Logger:            quietLogger(),

@@ -148,3 +148,24 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return string(l.b)
 }
+
+// Log collects events from any goroutine; its Add can be the add function
+// of Start, or be called in the test's own process.
+type Log[E any] struct {
+	mu  sync.Mutex
+	evs []E
+}
+
+// Add records e.
+func (l *Log[E]) Add(e E) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.evs = append(l.evs, e)
+}
+
+// Snapshot returns a copy of the events recorded so far.
+func (l *Log[E]) Snapshot() []E {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]E(nil), l.evs...)
+}

@@ -87,3 +87,29 @@ func TestStartCollectsLinesUntilStop(t *testing.T) {
 		assert.Equal(t, want, ns, "worker %d lines", w)
 	}
 }
+
+func TestLogFromManyGoroutines(t *testing.T) {
+	var l Log[int]
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				l.Add(g*100 + i)
+			}
+		}()
+	}
+	wg.Wait()
+	first := l.Snapshot()
+	got := append([]int(nil), first...)
+	sort.Ints(got)
+	want := make([]int, 400)
+	for i := range want {
+		want[i] = i
+	}
+	assert.Equal(t, want, got, "every event, once")
+	was := first[0]
+	first[0] = -1
+	assert.Equal(t, was, l.Snapshot()[0], "a snapshot is a copy")
+}
