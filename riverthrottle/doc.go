@@ -39,8 +39,8 @@
 // For each job the middleware finds the key and asks the Limiter:
 //
 //   - admitted: the job runs. On a Keyed with throttle.WithConcurrency it
-//     runs holding a lease (Keyed.Acquire), on the lease's context, which
-//     ends if the lease is lost; the lease is released when the job
+//     runs holding a lease (Keyed.AcquireWithin), on the lease's context,
+//     which ends if the lease is lost; the lease is released when the job
 //     returns or panics.
 //   - denied by the rate, with retry-after d: the job does not run; Work
 //     returns a *ThrottledError, which River takes as river.JobSnooze(d +
@@ -58,7 +58,9 @@
 //     returned as the job's error.
 //
 // With WithWait, a denied job whose retry-after fits in the wait sleeps in
-// the middleware and asks again instead of being snoozed at once.
+// the middleware and asks again instead of being snoozed at once; under a
+// cap it waits for a released lease, for what is left of the wait. The
+// Keyed's own WithWait does not apply: the middleware's wait replaces it.
 //
 // # Holding off after a 429
 //

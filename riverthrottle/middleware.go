@@ -18,13 +18,13 @@ import (
 //
 //   - Allow must record the start when it admits. It returns
 //     (Decision{Allowed: false, RetryAfter: d}, nil) for a job the limit
-//     denies, an error matching throttle.ErrStoreUnavailable when its store
-//     failed (the Decision then carries the limiter's fail policy: Allowed
-//     true to fail open), and an error matching throttle.ErrLeaseRequired
-//     when the limiter has a concurrency cap (throttle.WithConcurrency).
-//   - Acquire is used instead of Allow for a limiter with a cap: it takes a
-//     lease that the job holds while it runs, as throttle.Keyed.Acquire
-//     documents.
+//     denies, and an error matching throttle.ErrStoreUnavailable when its
+//     store failed (the Decision then carries the limiter's fail policy:
+//     Allowed true to fail open).
+//   - Concurrency returns the limiter's cap (throttle.WithConcurrency), or
+//     0 for none. With a cap, AcquireWithin is used instead of Allow: it
+//     takes a lease that the job holds while it runs, waiting up to max
+//     for it, as throttle.Keyed.AcquireWithin documents.
 //   - Hold holds off a key in every process that shares the store (see
 //     HoldOff).
 //
@@ -32,7 +32,8 @@ import (
 // returned to River as the job's error.
 type Limiter interface {
 	Allow(ctx context.Context, key string) (throttle.Decision, error)
-	Acquire(ctx context.Context, key string) (*throttle.Lease, error)
+	Concurrency() int
+	AcquireWithin(ctx context.Context, key string, max time.Duration) (*throttle.Lease, error)
 	Hold(ctx context.Context, key string, d time.Duration) error
 }
 
@@ -109,10 +110,12 @@ func WithCapacityDelay(d time.Duration) Option {
 // worker slot, for up to max in total before it is snoozed: while the
 // retry-after (or the capacity or store delay) fits in what is left of
 // max, the middleware sleeps for it (plus a little jitter) and asks the
-// limiter again. The wait is not bounded by the job's timeout, which River
-// applies only after the middleware (see the package documentation); it
-// ends with the job's context, when the client stops. The default is 0:
-// every throttled job is snoozed at once.
+// limiter again; under a concurrency cap it waits for a lease to be
+// released (woken without polling) for what is left of max, and the
+// Keyed's own WithWait does not apply. The wait is not bounded by the
+// job's timeout, which River applies only after the middleware (see the
+// package documentation); it ends with the job's context, when the client
+// stops. The default is 0: every throttled job is snoozed at once.
 func WithWait(max time.Duration) Option {
 	return func(c *config) { c.wait = max }
 }
@@ -181,9 +184,18 @@ func (m *Middleware) Work(ctx context.Context, job *rivertype.JobRow, doInner fu
 	if key == "" {
 		return doInner(ctx)
 	}
+	capped := m.lim.Concurrency() > 0
 	var waited time.Duration
 	for {
-		v, err := m.decide(ctx, key)
+		var v verdict
+		var err error
+		if capped {
+			begin := time.Now()
+			v, err = m.acquire(ctx, key, max(m.cfg.wait-waited, 0))
+			waited += time.Since(begin)
+		} else {
+			v, err = m.decide(ctx, key)
+		}
 		if err != nil {
 			return err
 		}
@@ -214,9 +226,6 @@ type verdict struct {
 // job's error.
 func (m *Middleware) decide(ctx context.Context, key string) (verdict, error) {
 	d, err := m.lim.Allow(ctx, key)
-	if errors.Is(err, throttle.ErrLeaseRequired) {
-		return m.acquire(ctx, key)
-	}
 	switch {
 	case err == nil && d.Allowed:
 		return verdict{run: true}, nil
@@ -235,9 +244,10 @@ func (m *Middleware) decide(ctx context.Context, key string) (verdict, error) {
 	}
 }
 
-// acquire asks a limiter with a concurrency cap for a lease.
-func (m *Middleware) acquire(ctx context.Context, key string) (verdict, error) {
-	l, err := m.lim.Acquire(ctx, key)
+// acquire asks a limiter with a concurrency cap for a lease, waiting up to
+// wait for it.
+func (m *Middleware) acquire(ctx context.Context, key string, wait time.Duration) (verdict, error) {
+	l, err := m.lim.AcquireWithin(ctx, key, wait)
 	var te *throttle.ThrottledError
 	switch {
 	case err == nil:

@@ -53,7 +53,9 @@ func (f *fakeLimiter) Allow(ctx context.Context, key string) (throttle.Decision,
 	return a.d, a.err
 }
 
-func (f *fakeLimiter) Acquire(context.Context, string) (*throttle.Lease, error) {
+func (f *fakeLimiter) Concurrency() int { return 0 }
+
+func (f *fakeLimiter) AcquireWithin(context.Context, string, time.Duration) (*throttle.Lease, error) {
 	return nil, errors.New("fakeLimiter: no leases")
 }
 
@@ -407,6 +409,49 @@ func TestConcurrencyCap(t *testing.T) {
 	assert.ErrorIs(t, mw.Work(context.Background(), job("t", `{}`), h.do), h.err)
 	assert.ErrorIs(t, mw.Work(context.Background(), job("t", `{}`), h.do), h.err)
 	assert.Equal(t, 3, h.count())
+}
+
+func TestConcurrencyCapWaitsForRelease(t *testing.T) {
+	// With WithWait, a job refused by the cap waits in the middleware for
+	// a released lease rather than sleeping the capacity delay (here far
+	// longer than the wait, so polling would snooze it at once).
+	refused := make(chan struct{}, 1)
+	k, err := throttle.NewKeyed(0, throttle.WithConcurrency(1), throttle.WithObserver(func(e throttle.Event) {
+		if e.Kind == throttle.EventDecision && !e.Allowed {
+			select {
+			case refused <- struct{}{}:
+			default:
+			}
+		}
+	}))
+	require.NoError(t, err)
+	mw := riverthrottle.New(k, riverthrottle.WithJitter(0), riverthrottle.WithCapacityDelay(time.Hour),
+		riverthrottle.WithWait(liveness))
+
+	release := make(chan struct{})
+	running := make(chan struct{})
+	first := make(chan error)
+	go func() {
+		first <- mw.Work(context.Background(), job("t", `{}`), func(context.Context) error {
+			close(running)
+			<-release
+			return nil
+		})
+	}()
+	<-running
+
+	h := &inner{}
+	second := make(chan error)
+	go func() { second <- mw.Work(context.Background(), job("t", `{}`), h.do) }()
+	select {
+	case <-refused:
+	case err := <-second:
+		t.Fatalf("the second job returned %v while the first held the lease", err)
+	}
+	close(release)
+	require.NoError(t, <-first)
+	require.NoError(t, <-second, "the waiting job runs once the lease is released")
+	assert.Equal(t, 1, h.count())
 }
 
 func TestConcurrencyCapWithRate(t *testing.T) {

@@ -173,9 +173,11 @@ func (r *askRecorder) Allow(ctx context.Context, key string) (throttle.Decision,
 	return r.inner.Allow(ctx, key)
 }
 
-func (r *askRecorder) Acquire(ctx context.Context, key string) (*throttle.Lease, error) {
+func (r *askRecorder) Concurrency() int { return r.inner.Concurrency() }
+
+func (r *askRecorder) AcquireWithin(ctx context.Context, key string, max time.Duration) (*throttle.Lease, error) {
 	r.note(ctx)
-	return r.inner.Acquire(ctx, key)
+	return r.inner.AcquireWithin(ctx, key, max)
 }
 
 func (r *askRecorder) Hold(ctx context.Context, key string, d time.Duration) error {

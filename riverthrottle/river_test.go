@@ -40,7 +40,9 @@ func (d *denyFirst) Allow(ctx context.Context, key string) (throttle.Decision, e
 	return throttle.Decision{Allowed: true}, nil
 }
 
-func (d *denyFirst) Acquire(context.Context, string) (*throttle.Lease, error) {
+func (d *denyFirst) Concurrency() int { return 0 }
+
+func (d *denyFirst) AcquireWithin(context.Context, string, time.Duration) (*throttle.Lease, error) {
 	return nil, errors.New("denyFirst: no leases")
 }
 
