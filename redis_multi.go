@@ -16,7 +16,7 @@ var (
 	//go:embed scripts/multi.lua
 	multiSource string
 
-	multiScript = redis.NewScript(multiSource)
+	multiScript = redis.NewScript(bucketSource + multiSource)
 )
 
 // KeysFor returns the names of the Redis keys that a throttle of key under

@@ -31,13 +31,15 @@ var (
 	unbookSource string
 	//go:embed scripts/hold.lua
 	holdSource string
+	//go:embed scripts/bucket.lua
+	bucketSource string
 	//go:embed scripts/window.lua
 	windowSource string
 
 	slotsScript  = redis.NewScript(slotScanSource + slotsSource)
 	unbookScript = redis.NewScript(unbookSource)
 	holdScript   = redis.NewScript(holdSource)
-	windowScript = redis.NewScript(windowSource)
+	windowScript = redis.NewScript(bucketSource + windowSource)
 )
 
 // slotSuffix[i] ends the name of slot i of a throttle; slot 0 has none.

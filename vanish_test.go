@@ -54,7 +54,7 @@ func TestWindowScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 				mr.SetTime(now.Add(100 * time.Millisecond))
 			}
 			k := s.name("k", windowSuffix)
-			script := redis.NewScript(inject(t, windowSource, anchor, "redis.call('DEL', key)"))
+			script := redis.NewScript(inject(t, bucketSource+windowSource, anchor, "redis.call('DEL', key)"))
 			v, err := script.Run(ctx, c, []string{k}, "t", micros(req.Interval), req.Limit, 0).Int64Slice()
 			require.NoError(t, err)
 			require.Len(t, v, 4)

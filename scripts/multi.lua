@@ -1,6 +1,7 @@
 -- multi.lua: the windows of a throttle with WithLimitPer, decided in one
 -- step: a start is admitted (or booked) only where every window admits it,
--- and a refused call changes no window.
+-- and a refused call changes no window (RedisStore puts bucket.lua, the
+-- helpers it shares with window.lua, in front of it).
 --
 -- Each window is a bucket window as window.lua keeps one, in a hash of its
 -- own (see window.lua for the layout, the safety argument and the bound on
@@ -34,7 +35,6 @@
 -- compared as a string); for 'c': the booking's mark; for 'h': the hold in
 -- microseconds.
 -- Returns, for 't', {ok, delay_us, retry_us}; for 'c' and 'h', 1.
-local K, R = 160, 640
 local op = ARGV[1]
 local m = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -43,33 +43,6 @@ local arg = ARGV[3 + 2 * m]
 local mark = ARGV[4 + 2 * m]
 if op == 'c' then
   mark = arg
-end
-
-local function split(v)
-  local i = string.find(v, ':', 1, true)
-  local j = string.find(v, ':', i + 1, true)
-  if j then
-    return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1, j - 1)), tonumber(string.sub(v, j + 1))
-  end
-  return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1))
-end
-
-local function field(b)
-  return string.format('%d', b % R)
-end
-
--- entry returns the bucket, count and next of the list entry of bucket b
--- of window s.
-local function entry(s, b)
-  local e = redis.call('HGET', s.key, field(b))
-  if not e then
-    return nil
-  end
-  local eb, ec, en = split(e)
-  if eb ~= b then
-    return nil
-  end
-  return eb, ec, en
 end
 
 -- load reads window i, with its head moved past the buckets that left it.
@@ -91,7 +64,7 @@ local function load(i)
   s.head0 = s.hb
   local j0 = math.floor((now - interval) / w) - 1
   while s.hb >= 0 and s.hb <= j0 do
-    local eb, ec, en = entry(s, s.hb)
+    local eb, ec, en = entry(s.key, s.hb)
     if not eb then
       break
     end
@@ -126,16 +99,7 @@ if op == 'h' then
       expire(s, math.max(s.l, s.cur))
     end
   end
-  local rec, last = KEYS[m + 1], h / 1000 - 1
-  local was = redis.call('GET', rec)
-  local upto = tonumber(was)
-  if was and not upto then
-    upto = math.floor(now / 1000) + redis.call('PTTL', rec)
-  end
-  if not upto or upto < last then
-    redis.call('SET', rec, string.format('%d', last))
-    redis.call('PEXPIREAT', rec, string.format('%d', last))
-  end
+  recordHold(KEYS[m + 1], h, now)
   return 1
 end
 
@@ -160,7 +124,7 @@ local function earliest(s)
   end
   local j, b = s.l, s.hb
   while b >= 0 do
-    local eb, ec, en = entry(s, b)
+    local eb, ec, en = entry(s.key, b)
     if not eb then
       break
     end

@@ -1,4 +1,5 @@
--- window.lua: the sliding window of a limit N above 64, in bounded memory.
+-- window.lua: the sliding window of a limit N above 64, in bounded memory
+-- (RedisStore puts bucket.lua, its helpers and K and R, in front of it).
 --
 -- Time is cut in buckets of w = ceil(interval / K) microseconds (server
 -- TIME), bucket b being [b*w, (b+1)*w). Each start is counted as if it
@@ -63,7 +64,6 @@
 -- Returns, for 't', {ok, delay_us, retry_us, bucket}: bucket is where a
 -- booking was counted, for a cancel; for 'p', {granted, 0, retry_us, 0};
 -- for 'c' and 'h', 1 or 0.
-local K, R = 160, 640
 local key = KEYS[1]
 local op = ARGV[1]
 local interval = tonumber(ARGV[2])
@@ -76,20 +76,6 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = math.floor(now / w)
 local j0 = math.floor((now - interval) / w) - 1
 
--- split returns the numbers of "a:b" or "a:b:c".
-local function split(v)
-  local i = string.find(v, ':', 1, true)
-  local j = string.find(v, ':', i + 1, true)
-  if j then
-    return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1, j - 1)), tonumber(string.sub(v, j + 1))
-  end
-  return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1))
-end
-
-local function field(b)
-  return string.format('%d', b % R)
-end
-
 local v = redis.call('HMGET', key, 'c', 'h', 'hold', 'bk')
 local l, total, hb, base = -1, 0, -1, 0
 if v[1] then
@@ -99,23 +85,10 @@ end
 local hold = tonumber(v[3]) or 0
 local head0 = hb
 
--- entry returns the bucket, count and next of the list entry of bucket b.
-local function entry(b)
-  local e = redis.call('HGET', key, field(b))
-  if not e then
-    return nil
-  end
-  local eb, ec, en = split(e)
-  if eb ~= b then
-    return nil
-  end
-  return eb, ec, en
-end
-
 -- Move the head past the buckets that left the window. A broken list (it
 -- never is) stops the head, which only over-counts.
 while hb >= 0 and hb <= j0 do
-  local eb, ec, en = entry(hb)
+  local eb, ec, en = entry(key, hb)
   if not eb then
     break
   end
@@ -141,18 +114,7 @@ if op == 'h' then
     redis.call('HSET', key, 'hold', string.format('%d', h))
     expire(math.max(l, cur))
   end
-  -- The record lives through millisecond h/1000 - 1 and is its value;
-  -- one written by hold.lua (value 'h') counts by its PTTL.
-  local rec, last = KEYS[2], h / 1000 - 1
-  local was = redis.call('GET', rec)
-  local upto = tonumber(was)
-  if was and not upto then
-    upto = math.floor(now / 1000) + redis.call('PTTL', rec)
-  end
-  if not upto or upto < last then
-    redis.call('SET', rec, string.format('%d', last))
-    redis.call('PEXPIREAT', rec, string.format('%d', last))
-  end
+  recordHold(KEYS[2], h, now)
   return 1
 end
 
@@ -178,7 +140,7 @@ local function earliest()
   -- the window admits from bucket j+D+1 on.
   local j, b = l, hb
   while b >= 0 do
-    local eb, ec, en = entry(b)
+    local eb, ec, en = entry(key, b)
     if not eb then
       break
     end
