@@ -135,12 +135,12 @@ func (s *RedisStore) Hold(ctx context.Context, key string, req Request, d time.D
 }
 
 func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.Duration) error {
-	hold := millis(ceilMillis(d))
-	interval := millis(ceilMillis(req.Interval))
-	marker := s.name(key, holdSuffix)
 	if len(req.Windows) > 0 {
 		return s.holdMulti(ctx, key, req, d)
 	}
+	hold := millis(ceilMillis(d))
+	interval := millis(ceilMillis(req.Interval))
+	marker := s.name(key, holdSuffix)
 	if req.Limit <= maxSlots {
 		keys := append(s.slots(key, req.Limit), marker)
 		return s.run(ctx, holdScript, keys, hold, interval).Err()

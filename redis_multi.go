@@ -33,9 +33,10 @@ func (s *RedisStore) KeysFor(key string, req Request) []string {
 }
 
 // windowKeys returns the names of the bucket windows of req's windows, its
-// own first, and the arguments of multi.lua that describe them.
+// own first, in the order of multiArgs, with room for the hold record that
+// the callers append.
 func (s *RedisStore) windowKeys(key string, req Request) []string {
-	keys := make([]string, 0, 1+len(req.Windows))
+	keys := make([]string, 0, 2+len(req.Windows))
 	keys = append(keys, s.name(key, windowName(req.Interval, req.Limit)))
 	for _, w := range req.Windows {
 		keys = append(keys, s.name(key, windowName(w.Interval, w.Limit)))
