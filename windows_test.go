@@ -424,3 +424,42 @@ func TestLimitPerOptions(t *testing.T) {
 	assert.Equal(t, 3, a.c.cfg.windows[0].Limit, "a's window")
 	assert.Equal(t, 2, b.c.cfg.windows[0].Limit, "b's window")
 }
+
+// TestLimitPerRingRefusalRetryAfter: a booking that a window's ring cannot
+// hold yet is refused with a RetryAfter that is positive and exact, the
+// time at which that window's current bucket lets the booking fit. With 1
+// per 100 ms (buckets of 625 µs, at most 477 buckets ahead) and 1 per
+// 300 ms (buckets of 1875 µs), a call 298.7 ms before the long window
+// admits again is 478 short buckets ahead: refused for 575 µs.
+func TestLimitPerRingRefusalRetryAfter(t *testing.T) {
+	mr, advance := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: 100 * time.Millisecond, Limit: 1, Windows: []Window{{Interval: 300 * time.Millisecond, Limit: 1}}}
+	now, err := c.Time(ctx).Result()
+	require.NoError(t, err)
+	res, err := s.Take(ctx, "ring", req)
+	require.NoError(t, err)
+	require.True(t, res.OK, "first start")
+	// The long window admits from the end of its bucket plus 161 buckets.
+	n := now.UnixMicro()
+	at := (n/1875 + 161) * 1875
+	advance(time.Duration(at-298_700-n) * time.Microsecond)
+	book := req
+	book.MaxWait = time.Second
+	res, err = s.Take(ctx, "ring", book)
+	require.NoError(t, err)
+	require.False(t, res.OK, "a booking 478 short buckets ahead")
+	assert.Equal(t, 575*time.Microsecond, res.RetryAfter, "RetryAfter: when the short window's ring holds the booking")
+	advance(res.RetryAfter - time.Microsecond)
+	res, err = s.Take(ctx, "ring", book)
+	require.NoError(t, err)
+	require.False(t, res.OK, "1 µs before the RetryAfter")
+	advance(time.Microsecond)
+	res, err = s.Take(ctx, "ring", book)
+	require.NoError(t, err)
+	require.True(t, res.OK, "at the RetryAfter")
+	assert.Equal(t, 298_125*time.Microsecond, res.Delay, "booked where the long window admits")
+}

@@ -176,11 +176,12 @@ end
 local cap = R - K - 3
 for i = 1, m do
   local s = ws[i]
-  if math.floor(at / s.w) - s.cur > cap then
-    -- Refused until this window's ring fits it: its current bucket must
-    -- reach floor(at / w) - cap, which is after at - (cap + 1) * w (and
-    -- the time that every window admits only moves later).
-    return {0, 0, math.max(delay - (cap + 1) * s.w, 0)}
+  local b = math.floor(at / s.w)
+  if b - s.cur > cap then
+    -- Refused until this window's ring fits it: until its current bucket
+    -- reaches b - cap, after now as b - cap > cur (and the time that
+    -- every window admits only moves later).
+    return {0, 0, (b - cap) * s.w - now}
   end
 end
 local bk = nil
