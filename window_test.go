@@ -278,3 +278,31 @@ func TestWindowCancelRunTwice(t *testing.T) {
 	require.NoError(t, s.Reset(ctx, "twice", req))
 	assert.EqualValues(t, 0, cancel(b2), "a cancel after Reset")
 }
+
+// TestWindowRingRefusalRetryAfter books a limit above 64 during a hold
+// that ends further ahead than the window's ring can hold a booking: the
+// refusal's RetryAfter is exactly when the ring holds it, refused 1 µs
+// before and booked at it (a RetryAfter later than that would make the
+// deny cache refuse what the store admits). The hold ends off a bucket's
+// edge, where the ring's time and the start's differ.
+func TestWindowRingRefusalRetryAfter(t *testing.T) {
+	mr, advance := fakeMiniredis(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: time.Second, Limit: 100, MaxWait: 10 * time.Second}
+	require.NoError(t, s.Hold(ctx, "ring", req, 5*time.Second+3*time.Millisecond))
+	res, err := s.Take(ctx, "ring", req)
+	require.NoError(t, err)
+	require.False(t, res.OK, "a booking beyond the ring")
+	require.Positive(t, res.RetryAfter, "RetryAfter of the refused booking")
+	advance(res.RetryAfter - time.Microsecond)
+	again, err := s.Take(ctx, "ring", req)
+	require.NoError(t, err)
+	require.False(t, again.OK, "1 µs before the RetryAfter")
+	advance(time.Microsecond)
+	again, err = s.Take(ctx, "ring", req)
+	require.NoError(t, err)
+	assert.True(t, again.OK, "at the RetryAfter")
+}

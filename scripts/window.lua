@@ -204,7 +204,9 @@ if delay > arg then
 end
 local cap = R - K - 3
 if b - cur > cap then
-  return {0, 0, delay - cap * w, 0}
+  -- Too far ahead for the ring: it holds the booking once the current
+  -- bucket reaches b - cap.
+  return {0, 0, (b - cap) * w - now, 0}
 end
 -- Count the start in bucket max(b, l): never before it happens. A
 -- booking is recorded as the newest, for a cancel.
