@@ -47,7 +47,8 @@ type Window struct {
 // throttle with windows keeps each window in a bucket window (see
 // RedisStore), whatever its limit; a start booked ahead can be at most
 // about three of the shortest window's intervals away, so a Wait that
-// would wait longer is refused with the RetryAfter of the longer window.
+// would wait longer is refused, with a RetryAfter that ends when the
+// booking fits.
 // With WithFallback, the process-local limit used while the store fails is
 // per interval only. WithLimitPer cannot be combined with WithConcurrency,
 // and a throttle with windows never leases permits (WithPermitBatch).
