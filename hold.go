@@ -2,11 +2,8 @@ package throttle
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Hold holds off the throttle's key for d: no process that shares the
@@ -143,21 +140,20 @@ func (s *RedisStore) hold(ctx context.Context, key string, req Request, d time.D
 	marker := s.name(key, holdSuffix)
 	if req.Limit <= maxSlots {
 		keys := append(s.slots(key, req.Limit), marker)
-		return s.run(ctx, holdScript, keys, hold, interval).Err()
+		_, err := s.run(ctx, holdScript, keys, hold, interval)
+		return err
 	}
 	// The window and the marker in one script, which ends both on the
 	// same whole millisecond.
-	return s.run(ctx, windowScript, []string{s.name(key, windowSuffix), marker}, "h", micros(req.Interval), req.Limit, micros(d)).Err()
+	_, err := s.run(ctx, windowScript, []string{s.name(key, windowSuffix), marker}, "h", micros(req.Interval), req.Limit, micros(d))
+	return err
 }
 
 // Held implements Holder, from the expiry of the key's hold record.
 func (s *RedisStore) Held(ctx context.Context, key string) (time.Duration, error) {
 	return bounded(s, ctx, func(ctx context.Context) (time.Duration, error) {
-		d, err := s.client.PTTL(ctx, s.name(key, holdSuffix)).Result() // ctx routed by bounded
-		if errors.Is(err, redis.Nil) {
-			return 0, nil
-		}
-		return max(d, 0), err
+		ms, err := s.conn.PTTL(ctx, s.name(key, holdSuffix))
+		return time.Duration(max(ms, 0)) * time.Millisecond, err
 	})
 }
 

@@ -3,14 +3,10 @@ package throttle
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 var (
@@ -23,9 +19,13 @@ var (
 	//go:embed scripts/leaserelease.lua
 	leaseReleaseSource string
 
-	leaseTakeScript    = redis.NewScript(slotScanSource + leaseSetSource + leaseTakeSource)
-	leaseRenewScript   = redis.NewScript(leaseSetSource + leaseRenewSource)
-	leaseReleaseScript = redis.NewScript(leaseSetSource + leaseReleaseSource)
+	//go:embed scripts/wake.lua
+	wakeSource string
+
+	leaseTakeScript    = newScript(slotScanSource + leaseSetSource + leaseTakeSource)
+	leaseRenewScript   = newScript(leaseSetSource + leaseRenewSource)
+	leaseReleaseScript = newScript(leaseSetSource + leaseReleaseSource)
+	wakeScript         = newScript(wakeSource)
 )
 
 // Suffixes of the keys of a throttle with a cap (WithConcurrency).
@@ -86,7 +86,7 @@ func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, tok
 		mark = newMark()
 	}
 	v, err := s.run(ctx, leaseTakeScript, keys, token, req.Concurrency, millis(ceilMillis(req.LeaseTTL)),
-		interval, millis(min(req.MaxWait, MaxInterval)), first, strconv.FormatUint(mark, 10)).Int64Slice()
+		interval, millis(min(req.MaxWait, MaxInterval)), first, strconv.FormatUint(mark, 10))
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -104,8 +104,8 @@ func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, tok
 // RenewLease implements Leaser: one script call (scripts/leaserenew.lua).
 func (s *RedisStore) RenewLease(ctx context.Context, key string, req Request, token string) (bool, error) {
 	return bounded(s, ctx, func(ctx context.Context) (bool, error) {
-		n, err := s.run(ctx, leaseRenewScript, s.LeaseKeys(key), token, millis(ceilMillis(req.LeaseTTL))).Int64()
-		return n == 1, err
+		v, err := s.run(ctx, leaseRenewScript, s.LeaseKeys(key), token, millis(ceilMillis(req.LeaseTTL)))
+		return len(v) == 1 && v[0] == 1, err
 	})
 }
 
@@ -114,7 +114,8 @@ func (s *RedisStore) RenewLease(ctx context.Context, key string, req Request, to
 // for a waiter blocked in AwaitLease, when one waits.
 func (s *RedisStore) ReleaseLease(ctx context.Context, key string, req Request, token string) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return s.run(ctx, leaseReleaseScript, s.LeaseKeys(key), token, max(req.Concurrency, 1), millis(leaseWakeTTL)).Err()
+		_, err := s.run(ctx, leaseReleaseScript, s.LeaseKeys(key), token, max(req.Concurrency, 1), millis(leaseWakeTTL))
+		return err
 	})
 }
 
@@ -146,7 +147,7 @@ func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d ti
 	var claimed atomic.Bool // by the goroutine with its answer, or by the caller leaving
 	done := make(chan error, 1)
 	go func() {
-		woken, err := s.await(wctx, name, d)
+		woken, err := s.conn.BLPop(wctx, name, d)
 		if claimed.CompareAndSwap(false, true) {
 			done <- err
 		} else if woken {
@@ -163,7 +164,7 @@ func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d ti
 		}
 		err = <-done // the answer came just now
 	}
-	if err == nil || errors.Is(err, redis.Nil) || ctx.Err() != nil {
+	if err == nil || ctx.Err() != nil {
 		return nil
 	}
 	return err
@@ -173,47 +174,10 @@ func (s *RedisStore) AwaitLease(ctx context.Context, key string, _ Request, d ti
 // Redis's answer.
 const awaitSlack = 100 * time.Millisecond
 
-// await pops a wake-up from the list name, waiting up to d in Redis, and
-// reports whether it got one.
-func (s *RedisStore) await(ctx context.Context, name string, d time.Duration) (bool, error) {
-	for end := time.Now().Add(d); ; {
-		w := d
-		if s.blockMax > 0 {
-			w = min(w, s.blockMax)
-		}
-		woken, err := s.blpop(ctx, name, w)
-		if woken || (err != nil && !errors.Is(err, redis.Nil)) {
-			return woken, err
-		}
-		if d = time.Until(end); d < time.Millisecond {
-			return false, nil
-		}
-	}
-}
-
-// blpop runs one BLPOP on name, with a timeout of d in Redis.
-func (s *RedisStore) blpop(ctx context.Context, name string, d time.Duration) (bool, error) {
-	if s.blockMax >= 0 && !s.wholeSeconds.Load() {
-		secs := strconv.FormatFloat(float64(millis(ceilMillis(d)))/1000, 'f', 3, 64)
-		err := s.client.Do(s.on(ctx), "blpop", name, secs).Err()
-		if err == nil || !strings.Contains(err.Error(), "timeout is not an integer") {
-			return err == nil, err
-		}
-		s.wholeSeconds.Store(true) // Redis 5
-	}
-	// BLPop sets go-redis's read timeout from its own timeout.
-	err := s.client.BLPop(s.on(ctx), max(ceilMillis(d).Truncate(time.Second), time.Second), name).Err()
-	return err == nil, err
-}
-
 // pushWake pushes back a wake-up that a BLPOP took for a caller that had
 // left, with the expiry a release gives it.
 func (s *RedisStore) pushWake(name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, _ = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.RPush(ctx, name, "1")
-		p.PExpire(ctx, name, leaseWakeTTL)
-		return nil
-	})
+	_, _ = s.run(ctx, wakeScript, []string{name}, millis(leaseWakeTTL))
 }

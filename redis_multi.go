@@ -3,20 +3,17 @@ package throttle
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 var (
 	//go:embed scripts/multi.lua
 	multiSource string
 
-	multiScript = redis.NewScript(bucketSource + multiSource)
+	multiScript = newScript(bucketSource + multiSource)
 )
 
 // KeysFor returns the names of the Redis keys that a throttle of key under
@@ -70,7 +67,7 @@ func (s *RedisStore) takeMulti(ctx context.Context, key string, req Request) (Re
 	}
 	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
 	v, err := s.run(ctx, multiScript, keys,
-		multiArgs("t", req, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10))...).Int64Slice()
+		multiArgs("t", req, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10))...)
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -95,15 +92,13 @@ func (s *RedisStore) cancelMulti(ctx context.Context, key string, req Request, r
 		return nil // not a booking of takeMulti
 	}
 	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
-	err := s.run(ctx, multiScript, keys, multiArgs("c", req, strconv.FormatUint(res.Booking.Mark, 10))...).Err()
-	if errors.Is(err, redis.Nil) {
-		return nil
-	}
+	_, err := s.run(ctx, multiScript, keys, multiArgs("c", req, strconv.FormatUint(res.Booking.Mark, 10))...)
 	return err
 }
 
 // holdMulti holds off every window of req for d, and records the hold.
 func (s *RedisStore) holdMulti(ctx context.Context, key string, req Request, d time.Duration) error {
 	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
-	return s.run(ctx, multiScript, keys, multiArgs("h", req, micros(d))...).Err()
+	_, err := s.run(ctx, multiScript, keys, multiArgs("h", req, micros(d))...)
+	return err
 }

@@ -3,7 +3,6 @@ package throttle
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -36,10 +35,10 @@ var (
 	//go:embed scripts/window.lua
 	windowSource string
 
-	slotsScript  = redis.NewScript(slotScanSource + slotsSource)
-	unbookScript = redis.NewScript(unbookSource)
-	holdScript   = redis.NewScript(holdSource)
-	windowScript = redis.NewScript(bucketSource + windowSource)
+	slotsScript  = newScript(slotScanSource + slotsSource)
+	unbookScript = newScript(unbookSource)
+	holdScript   = newScript(holdSource)
+	windowScript = newScript(bucketSource + windowSource)
 )
 
 // slotSuffix[i] ends the name of slot i of a throttle; slot 0 has none.
@@ -91,15 +90,10 @@ const (
 // A RedisStore is safe for concurrent use and starts no goroutine of its
 // own, except as described in NewRedisStore and AwaitLease.
 type RedisStore struct {
-	client   redis.UniversalClient
-	prefix   string
-	bounded  bool            // commands on the client (see on) end at the context's deadline
-	timeouts *timeoutClients // clones of a *redis.Client without ContextTimeoutEnabled
-	cloned   bool            // commands go to the clones (see on)
-	next     atomic.Uint32   // the slot a call tries first is next % limit
-
-	blockMax     time.Duration // longest BLPOP (0: any; -1: whole seconds only)
-	wholeSeconds atomic.Bool   // the server takes BLPOP timeouts in whole seconds
+	conn    RedisConn
+	prefix  string
+	bounded bool          // conn's commands end at the context's deadline
+	next    atomic.Uint32 // the slot a call tries first is next % limit
 }
 
 // A RedisOption configures a RedisStore.
@@ -148,22 +142,43 @@ func WithKeyPrefix(prefix string) RedisOption {
 //
 // NewRedisStore panics if the key prefix contains '{' or '}'.
 func NewRedisStore(c redis.UniversalClient, opts ...RedisOption) *RedisStore {
-	s := &RedisStore{client: c, prefix: DefaultKeyPrefix, bounded: honoursDeadlines(c)}
+	g := &goRedisConn{client: c}
+	bounded := honoursDeadlines(c)
 	switch v := c.(type) {
 	case *redis.Client:
-		if s.bounded {
-			s.blockMax = blockMax(v.Options().ReadTimeout)
+		if bounded {
+			g.blockMax = blockMax(v.Options().ReadTimeout)
 		} else {
-			s.timeouts = timeoutsFor(v)
-			s.cloned, s.bounded = true, true
+			g.timeouts = timeoutsFor(v)
+			bounded = true
 		}
 	case *redis.ClusterClient:
-		s.blockMax = blockMax(v.Options().ReadTimeout)
+		g.blockMax = blockMax(v.Options().ReadTimeout)
 	case *redis.Ring:
-		s.blockMax = blockMax(v.Options().ReadTimeout)
+		g.blockMax = blockMax(v.Options().ReadTimeout)
 	default:
-		s.blockMax = -1 // ReadTimeout unknown: BLPop sets its own
+		g.blockMax = -1 // ReadTimeout unknown: BLPop sets its own
 	}
+	return newRedisStore(g, bounded, opts)
+}
+
+// NewRedisStoreOn returns a RedisStore that sends its commands on c, for a
+// client other than go-redis (see RedisConn). It is the same store as
+// NewRedisStore's, with the same keys, scripts and guarantee, so processes
+// on either share throttles. c's commands must end when their context
+// does.
+//
+// NewRedisStoreOn panics if c is nil or the key prefix contains '{' or
+// '}'.
+func NewRedisStoreOn(c RedisConn, opts ...RedisOption) *RedisStore {
+	if c == nil {
+		panic("throttle: NewRedisStoreOn with a nil RedisConn")
+	}
+	return newRedisStore(c, true, opts)
+}
+
+func newRedisStore(c RedisConn, bounded bool, opts []RedisOption) *RedisStore {
+	s := &RedisStore{conn: c, prefix: DefaultKeyPrefix, bounded: bounded}
 	for _, o := range opts {
 		if o != nil {
 			o.applyRedis(s)
@@ -239,7 +254,7 @@ func (s *RedisStore) slots(key string, n int) []string {
 // Take implements Store.
 func (s *RedisStore) Take(ctx context.Context, key string, req Request) (Reservation, error) {
 	if s.bounded { // the hot path, without the closure of bounded
-		return s.take(s.on(ctx), key, req)
+		return s.take(ctx, key, req)
 	}
 	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.take(ctx, key, req) })
 }
@@ -253,7 +268,7 @@ func (s *RedisStore) Cancel(ctx context.Context, key string, req Request, res Re
 // a hold, so the next Take is admitted. It is one command.
 func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 	return boundedErr(s, ctx, func(ctx context.Context) error {
-		return retryTryAgain(ctx, func() error { return s.client.Del(s.on(ctx), s.KeysFor(key, req)...).Err() })
+		return retryTryAgain(ctx, func() error { return s.conn.Del(ctx, s.KeysFor(key, req)...) })
 	})
 }
 
@@ -264,7 +279,7 @@ func (s *RedisStore) Reset(ctx context.Context, key string, req Request) error {
 // caller leaves when ctx ends; it ends when go-redis returns.
 func bounded[T any](s *RedisStore, ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	if s.bounded {
-		return f(s.on(ctx))
+		return f(ctx)
 	}
 	type result struct {
 		v   T
@@ -306,10 +321,10 @@ func (s *RedisStore) take(ctx context.Context, key string, req Request) (Reserva
 	}
 	// The hot path: one SET NX PX on the slot expected to be free.
 	name := s.name(key, slotSuffix[i])
-	ok, err := s.client.SetNX(ctx, name, "1", ceilMillis(req.Interval)).Result() // ctx routed by Take
+	ok, err := s.conn.SetNX(ctx, name, ceilMillis(req.Interval))
 	if err != nil && unsettled(err) {
 		err = retryTryAgain(ctx, func() error {
-			ok, err = s.client.SetNX(s.on(ctx), name, "1", ceilMillis(req.Interval)).Result()
+			ok, err = s.conn.SetNX(ctx, name, ceilMillis(req.Interval))
 			return err
 		})
 	}
@@ -331,7 +346,7 @@ func (s *RedisStore) takeSlot(ctx context.Context, key string, req Request, firs
 	}
 	v, err := s.run(ctx, slotsScript, s.slots(key, n),
 		millis(ceilMillis(req.Interval)), millis(min(req.MaxWait, MaxInterval)), first%n,
-		strconv.FormatUint(mark, 10)).Int64Slice()
+		strconv.FormatUint(mark, 10))
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -385,8 +400,8 @@ func slotReservation(v []int64, mark uint64) Reservation {
 func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (Reservation, error) {
 	keys := []string{s.name(key, windowSuffix)}
 	if req.Permits > 1 && req.MaxWait <= 0 {
-		v, err := windowScript.Run(ctx, s.client, keys,
-			"p", micros(req.Interval), req.Limit, req.Permits, micros(req.Validity)).Int64Slice()
+		v, err := s.run(ctx, windowScript, keys,
+			"p", micros(req.Interval), req.Limit, req.Permits, micros(req.Validity))
 		if err != nil {
 			return Reservation{}, err
 		}
@@ -399,8 +414,8 @@ func (s *RedisStore) takeWindow(ctx context.Context, key string, req Request) (R
 	if req.MaxWait > 0 {
 		mark = rand.Uint64()
 	}
-	v, err := windowScript.Run(ctx, s.client, keys,
-		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10)).Int64Slice()
+	v, err := s.run(ctx, windowScript, keys,
+		"t", micros(req.Interval), req.Limit, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10))
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -424,8 +439,8 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 	}
 	var err error
 	if req.Limit > maxSlots {
-		err = windowScript.Run(ctx, s.client, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
-			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10)).Err()
+		_, err = s.run(ctx, windowScript, []string{s.name(key, windowSuffix)}, "c", micros(req.Interval), req.Limit,
+			strconv.FormatInt(res.Booking.At, 10), strconv.FormatUint(res.Booking.Mark, 10))
 	} else {
 		b := res.Booking
 		if b.Mark < 2 {
@@ -434,24 +449,24 @@ func (s *RedisStore) cancel(ctx context.Context, key string, req Request, res Re
 		if b.At < 0 || b.At >= int64(req.Limit) {
 			return fmt.Errorf("throttle: booking of slot %d for a limit of %d", b.At, req.Limit)
 		}
-		err = unbookScript.Run(ctx, s.client, []string{s.name(key, slotSuffix[b.At])},
-			strconv.FormatUint(b.Mark, 10), strconv.FormatInt(b.Start, 10)).Err()
-	}
-	if errors.Is(err, redis.Nil) {
-		return nil
+		_, err = s.run(ctx, unbookScript, []string{s.name(key, slotSuffix[b.At])},
+			strconv.FormatUint(b.Mark, 10), strconv.FormatInt(b.Start, 10))
 	}
 	return err
 }
 
-// run runs script over keys, and again while a Cluster slot migration
-// refuses it (see retryTryAgain).
-func (s *RedisStore) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
-	var cmd *redis.Cmd
-	_ = retryTryAgain(ctx, func() error {
-		cmd = script.Run(s.on(ctx), s.client, keys, args...)
-		return cmd.Err()
-	})
-	return cmd
+// run runs script over keys and returns its reply (see RedisConn.Eval),
+// running it again while a Cluster slot migration refuses it (see
+// retryTryAgain).
+func (s *RedisStore) run(ctx context.Context, script luaScript, keys []string, args ...any) ([]int64, error) {
+	v, err := s.conn.Eval(ctx, script.hash, script.src, keys, args...)
+	if err != nil && unsettled(err) {
+		err = retryTryAgain(ctx, func() error {
+			v, err = s.conn.Eval(ctx, script.hash, script.src, keys, args...)
+			return err
+		})
+	}
+	return v, err
 }
 
 // unsettled reports whether err is Redis Cluster refusing a command that

@@ -100,15 +100,15 @@ func (t *timeoutClients) forTimeout(c *redis.Client, r time.Duration) *redis.Cli
 // itself when it already routes there). Take and bounded route every
 // store call on entry; a command sent later in the call routes again, to
 // the clone of the time then left.
-func (s *RedisStore) on(ctx context.Context) context.Context {
-	if !s.cloned {
+func (g *goRedisConn) on(ctx context.Context) context.Context {
+	if g.timeouts == nil {
 		return ctx
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return ctx
 	}
-	c := s.timeouts.forTimeout(s.client.(*redis.Client), time.Until(deadline))
+	c := g.timeouts.forTimeout(g.client.(*redis.Client), time.Until(deadline))
 	if r, ok := ctx.(*routedContext); ok {
 		if r.client == c {
 			return ctx

@@ -82,6 +82,6 @@ func TestDefaultClientDecidesInCallersGoroutine(t *testing.T) {
 		}
 	}
 	assert.Positive(t, h.cmds, "commands seen by the hook")
-	assert.True(t, NewRedisStore(c).timeouts == store.timeouts, "stores on one client share its clones")
+	assert.True(t, NewRedisStore(c).conn.(*goRedisConn).timeouts == store.conn.(*goRedisConn).timeouts, "stores on one client share its clones")
 	assert.Zero(t, h.elsewhere, "commands of %d that ran in another goroutine than the caller's", h.cmds)
 }

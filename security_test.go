@@ -168,7 +168,7 @@ func exerciseStore(ctx context.Context, s *RedisStore) error {
 			return nil
 		}},
 		{"limit 1: a slot without an expiry gets one (slots.lua: TYPE, PEXPIRE)", func() error {
-			if err := s.client.Set(ctx, s.name("acl/noexp", ""), "x", 0).Err(); err != nil {
+			if err := s.conn.(*goRedisConn).client.Set(ctx, s.name("acl/noexp", ""), "x", 0).Err(); err != nil {
 				return err
 			}
 			res, err := s.Take(ctx, "acl/noexp", Request{Interval: time.Hour, Limit: 1})

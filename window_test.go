@@ -257,10 +257,11 @@ func TestWindowCancelRunTwice(t *testing.T) {
 		require.True(t, res.OK)
 	}
 	cancel := func(res Reservation) int64 {
-		n, err := windowScript.Run(ctx, c, []string{s.name("twice", windowSuffix)}, "c", micros(req.Interval), req.Limit,
-			res.Booking.At, strconv.FormatUint(res.Booking.Mark, 10)).Int64()
+		v, err := s.run(ctx, windowScript, []string{s.name("twice", windowSuffix)}, "c", micros(req.Interval), req.Limit,
+			res.Booking.At, strconv.FormatUint(res.Booking.Mark, 10))
 		require.NoError(t, err)
-		return n
+		require.Len(t, v, 1)
+		return v[0]
 	}
 	a, err := s.Take(ctx, "twice", req)
 	require.NoError(t, err)
