@@ -171,7 +171,7 @@ func (c *core) capped() bool { return c.cfg.concurrencySet }
 
 func (c *core) leaseRequest(maxWait time.Duration) Request {
 	return Request{Interval: c.interval, Limit: c.cfg.limit, MaxWait: maxWait,
-		Concurrency: c.cfg.concurrency, LeaseTTL: c.cfg.leaseTTL}
+		Concurrency: c.cfg.concurrency, LeaseTTL: c.cfg.leaseTTL, Windows: c.cfg.windows}
 }
 
 // Acquire takes one of the k leases of the throttle's key (WithConcurrency),
@@ -323,6 +323,7 @@ func (c *core) leaseFailed(ctx context.Context, key string, err error) (*Lease, 
 	if c.fallback != nil {
 		req := c.leaseRequest(0)
 		req.Limit, req.Concurrency = c.cfg.fallback, min(c.cfg.fallback, c.cfg.concurrency)
+		req.Windows = nil // the fallback limits per interval only
 		begin := time.Now()
 		token := newToken()
 		res, _ := c.fallback.TakeLease(ctx, key, req, token)

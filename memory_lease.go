@@ -13,7 +13,7 @@ func (m *MemoryStore) TakeLease(_ context.Context, key string, req Request, toke
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	k := m.keyState(key, now, req.Interval)
+	k := m.keyState(key, now, req.longest())
 	slot := now
 	if req.Interval > 0 {
 		slot = k.earliest(now, req)

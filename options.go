@@ -202,7 +202,7 @@ func validate(interval time.Duration, c *config) error {
 		return fmt.Errorf("throttle: lease TTL %v is below %v", c.leaseTTL, MinLeaseTTL)
 	case c.leaseTTL > MaxInterval:
 		return fmt.Errorf("throttle: lease TTL %v is above %v", c.leaseTTL, MaxInterval)
-	case c.concurrencySet && c.limit > maxLeaseLimit && interval > 0:
+	case c.concurrencySet && c.limit > maxLeaseLimit && interval > 0 && len(c.windows) == 0:
 		return fmt.Errorf("throttle: WithConcurrency needs a limit of at most %d, not %d", maxLeaseLimit, c.limit)
 	case interval < time.Millisecond && (interval != 0 || !c.concurrencySet):
 		// An interval of 0 is a pure cap, allowed with WithConcurrency.
@@ -230,6 +230,10 @@ func validate(interval time.Duration, c *config) error {
 	}
 	if err := mergeWindows(interval, c); err != nil {
 		return err
+	}
+	if c.concurrencySet && c.limit > maxLeaseLimit && interval > 0 && len(c.windows) == 0 {
+		// Every WithLimitPer merged into the interval's own limit.
+		return fmt.Errorf("throttle: WithConcurrency needs a limit of at most %d, not %d", maxLeaseLimit, c.limit)
 	}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout

@@ -59,6 +59,11 @@ func (s *RedisStore) LeaseKeys(key string) []string {
 // and a lease is held through the last millisecond of its TTL, so it lasts
 // at least req.LeaseTTL after the decision, never less. A booked start can
 // be handed back with Cancel, as one made by Take.
+//
+// With req.Windows (WithLimitPer) the script is scripts/leasewindows.lua,
+// over the lease keys and the bucket windows of every window (see KeysFor):
+// the lease and a start in every window, or nothing, in one round trip,
+// whatever the limits.
 func (s *RedisStore) TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
 	return bounded(s, ctx, func(ctx context.Context) (Reservation, error) { return s.takeLease(ctx, key, req, token) })
 }
@@ -66,6 +71,12 @@ func (s *RedisStore) TakeLease(ctx context.Context, key string, req Request, tok
 func (s *RedisStore) takeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {
 	if req.Concurrency < 1 || req.LeaseTTL < time.Millisecond {
 		return Reservation{}, fmt.Errorf("throttle: cannot lease with concurrency %d and TTL %v", req.Concurrency, req.LeaseTTL)
+	}
+	if len(req.Windows) > 0 {
+		if req.Interval < time.Millisecond {
+			return Reservation{}, fmt.Errorf("throttle: cannot lease windows with an interval of %v", req.Interval)
+		}
+		return s.takeLeaseWindows(ctx, key, req, token)
 	}
 	keys := s.LeaseKeys(key)
 	first, n := 0, 0

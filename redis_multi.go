@@ -13,8 +13,13 @@ var (
 	//go:embed scripts/multi.lua
 	multiSource string
 
-	multiScript = newScript(bucketSource + multiSource)
+	multiScript = newScript(bucketSource + windowsFunction + "return windows(KEYS, ARGV)\n")
 )
+
+// windowsFunction is multi.lua as the body of windows(KEYS, ARGV, gate),
+// so that a script can decide the windows over its own keys and arguments
+// and put one more limit (gate) in the same step (see leasewindows.lua).
+var windowsFunction = "local function windows(KEYS, ARGV, gate)\n" + multiSource + "\nend\n"
 
 // KeysFor returns the names of the Redis keys that a throttle of key under
 // req may write, as Keys does; with req.Windows (WithLimitPer) they are the

@@ -47,8 +47,10 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"WithLimitPer huge interval", "k", time.Second, []Option{WithLimitPer(5, MaxInterval+1)}, "throttle: WithLimitPer interval 87600h0m0.000000001s is above 87600h0m0s"},
 		{"WithLimitPer too many windows", "k", time.Second, []Option{WithLimitPer(5, time.Minute), WithLimitPer(5, time.Hour),
 			WithLimitPer(5, 2*time.Hour), WithLimitPer(5, 3*time.Hour)}, "throttle: 4 windows of WithLimitPer, at most 3"},
-		{"WithLimitPer with WithConcurrency", "k", time.Second, []Option{WithLimitPer(5, time.Minute), WithConcurrency(2)},
-			"throttle: WithLimitPer cannot be combined with WithConcurrency"},
+		{"WithLimitPer with a pure cap", "k", 0, []Option{WithLimitPer(5, time.Minute), WithConcurrency(2)},
+			"throttle: WithLimitPer needs an interval: give the shortest window as the interval and limit"},
+		{"WithConcurrency with a large limit that WithLimitPer merges", "k", time.Second, []Option{WithLimit(100), WithLimitPer(80, time.Second), WithConcurrency(2)},
+			"throttle: WithConcurrency needs a limit of at most 64, not 80"},
 		{"WithLimitPer on a store that is not a WindowStore", "k", time.Second, []Option{WithStore(plainStore{NewMemoryStore()}), WithLimitPer(5, time.Minute)},
 			"throttle: store throttle.plainStore cannot keep the windows of WithLimitPer: it is not a WindowStore"},
 	}

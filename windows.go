@@ -106,8 +106,8 @@ func mergeWindows(interval time.Duration, c *config) error {
 	switch {
 	case len(merged) > MaxLimitPer:
 		return fmt.Errorf("throttle: %d windows of WithLimitPer, at most %d", len(merged), MaxLimitPer)
-	case len(merged) > 0 && c.concurrencySet:
-		return fmt.Errorf("throttle: WithLimitPer cannot be combined with WithConcurrency")
+	case len(merged) > 0 && interval == 0:
+		return fmt.Errorf("throttle: WithLimitPer needs an interval: give the shortest window as the interval and limit")
 	case len(merged) > 0 && !c.storeSet:
 		// The default MemoryStore keeps windows.
 	case len(merged) > 0 && !isNil(c.store):

@@ -27,6 +27,14 @@
 -- Times are TIME's, the server's clock in microseconds; expiries are set
 -- with PEXPIREAT on that same clock.
 --
+-- This file is the body of a function windows(KEYS, ARGV, gate) (see
+-- redis_multi.go), which multiScript calls with Redis's KEYS and ARGV and
+-- no gate. A script that decides one more limit in the same step passes
+-- gate (leasewindows.lua: the concurrency cap): once every window admits a
+-- start, before any window is written, gate(at) is asked with the start at
+-- (TIME's microseconds); a reply it returns is the call's, and no window
+-- changes. It returns nil to let the start be counted.
+--
 -- KEYS[1..m]  the window hashes; KEYS[m+1] the hold record
 -- ARGV[1]     op: 't' take, 'c' cancel, 'h' hold
 -- ARGV[2]     m, the number of windows (1 to 4)
@@ -182,6 +190,12 @@ for i = 1, m do
     -- reaches b - cap, after now as b - cap > cur (and the time that
     -- every window admits only moves later).
     return {0, 0, (b - cap) * s.w - now}
+  end
+end
+if gate then
+  local refused = gate(at)
+  if refused then
+    return refused
   end
 end
 local bk = nil

@@ -1,0 +1,213 @@
+package throttle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestLeaseWindowsContract checks TakeLease with windows (WithConcurrency
+// and WithLimitPer) on every Leaser: the cap and every window hold under
+// concurrent callers, and a call refused by the cap or by any one window
+// uses nothing of the others. Each check fails for a store that decides
+// the cap and the windows in two steps: one that counts the windows before
+// it looks at the cap uses up a start for a call the cap refuses; one that
+// takes the lease first keeps a lease for a call a window refuses.
+func TestLeaseWindowsContract(t *testing.T) {
+	ctx := context.Background()
+	for _, h := range leaseHarnesses(t) {
+		t.Run(h.name, func(t *testing.T) {
+			key := func(t *testing.T) string { return "leasewindows/" + t.Name() }
+			t.Run("40 concurrent", func(t *testing.T) {
+				// 5 per minute and 3 per hour, cap 4: the long window binds.
+				req := Request{Interval: time.Minute, Limit: 5, Concurrency: 4, LeaseTTL: time.Minute,
+					Windows: []Window{{Interval: time.Hour, Limit: 3}}}
+				assert.Len(t, takeLeasesConcurrently(t, h.store, key(t)+"/window", req, 40), 3, "3 per hour, cap 4: admitted")
+				// 3 per minute and 5 per hour, cap 4: the own window binds.
+				req.Limit, req.Windows = 3, []Window{{Interval: time.Hour, Limit: 5}}
+				assert.Len(t, takeLeasesConcurrently(t, h.store, key(t)+"/own", req, 40), 3, "3 per minute, cap 4: admitted")
+				// 10 per minute and 20 per hour, cap 2: the cap binds.
+				req.Limit, req.Concurrency, req.Windows = 10, 2, []Window{{Interval: time.Hour, Limit: 20}}
+				assert.Len(t, takeLeasesConcurrently(t, h.store, key(t)+"/cap", req, 40), 2, "cap 2: admitted")
+			})
+			// In each case the first two starts fill the window named; a
+			// third is refused by that window alone.
+			for _, tc := range []struct {
+				name string
+				req  Request
+			}{
+				{"own window full", Request{Interval: time.Minute, Limit: 2, Windows: []Window{{Interval: time.Hour, Limit: 3}}}},
+				{"long window full", Request{Interval: time.Minute, Limit: 3, Windows: []Window{{Interval: time.Hour, Limit: 2}}}},
+				{"middle window full", Request{Interval: time.Minute, Limit: 3,
+					Windows: []Window{{Interval: time.Hour, Limit: 2}, {Interval: 24 * time.Hour, Limit: 3}}}},
+			} {
+				t.Run(tc.name+"/a refusal uses nothing of the other", func(t *testing.T) {
+					k := key(t)
+					req := tc.req
+					req.Concurrency, req.LeaseTTL = 1, time.Minute
+					a := takeLease(t, h.store, k, req, "a")
+					require.True(t, a.OK, "first: got %+v", a)
+					b := takeLease(t, h.store, k, req, "b")
+					assert.False(t, b.OK, "second with the lease held: got %+v", b)
+					assert.True(t, b.Full, "second with the lease held: refused by the cap: got %+v", b)
+					require.NoError(t, h.store.ReleaseLease(ctx, k, req, "a"))
+					// The cap's refusal used no start of any window: the
+					// second start is free in each.
+					c := takeLease(t, h.store, k, req, "c")
+					assert.True(t, c.OK, "after release: got %+v, want the second start of every window", c)
+					require.NoError(t, h.store.ReleaseLease(ctx, k, req, "c"))
+					// Now one window is full: it refuses, and the refused
+					// call holds no lease.
+					d := takeLease(t, h.store, k, req, "d")
+					assert.False(t, d.OK, "third start: got %+v", d)
+					assert.False(t, d.Full, "third start: refused by a window, not the cap: got %+v", d)
+					assert.Greater(t, d.RetryAfter, 30*time.Second, "third start's RetryAfter: the full window's")
+					held, err := h.store.RenewLease(ctx, k, req, "d")
+					require.NoError(t, err)
+					assert.False(t, held, "the lease of a call a window refused")
+				})
+			}
+			t.Run("a booking is handed back in every window, and its lease released", func(t *testing.T) {
+				k := key(t)
+				req := Request{Interval: 200 * time.Millisecond, Limit: 1, Concurrency: 2, LeaseTTL: time.Minute,
+					Windows: []Window{{Interval: time.Hour, Limit: 2}}}
+				a := takeLease(t, h.store, k, req, "a")
+				require.True(t, a.OK && a.Delay == 0, "first, now: got %+v", a)
+				book := req
+				book.MaxWait = time.Second
+				b := takeLease(t, h.store, k, book, "b")
+				require.True(t, b.OK && b.Delay > 0, "second, booked after the own window: got %+v", b)
+				c := takeLease(t, h.store, k, book, "c")
+				assert.False(t, c.OK, "third: the long window is full (a and b): got %+v", c)
+				assert.False(t, c.Full, "third: refused by the long window before the cap: got %+v", c)
+				require.NoError(t, h.store.Cancel(ctx, k, book, b))
+				require.NoError(t, h.store.ReleaseLease(ctx, k, book, "b"))
+				// b's start is back in both windows, and its lease.
+				d := takeLease(t, h.store, k, book, "d")
+				require.True(t, d.OK, "after the hand-back: got %+v", d)
+				assert.Greater(t, d.Delay, time.Duration(0), "after the hand-back: booked after a in the own window")
+				e := takeLease(t, h.store, k, book, "e")
+				assert.False(t, e.OK, "after d: the long window is full again: got %+v", e)
+			})
+			if h.redis == nil {
+				return
+			}
+			t.Run("a replayed take counts nothing twice", func(t *testing.T) {
+				k := key(t)
+				req := Request{Interval: time.Minute, Limit: 2, Concurrency: 2, LeaseTTL: time.Minute,
+					Windows: []Window{{Interval: time.Hour, Limit: 2}}}
+				a := takeLease(t, h.store, k, req, "a")
+				require.True(t, a.OK, "first: got %+v", a)
+				again := takeLease(t, h.store, k, req, "a")
+				assert.True(t, again.OK && again.Delay == 0, "the same take run again (a lost reply): got %+v", again)
+				b := takeLease(t, h.store, k, req, "b")
+				assert.True(t, b.OK, "second start: the replay counted none: got %+v", b)
+			})
+		})
+	}
+}
+
+// takeLease calls s.TakeLease and fails t on an error.
+func takeLease(t *testing.T, s Leaser, key string, req Request, token string) Reservation {
+	t.Helper()
+	res, err := s.TakeLease(context.Background(), key, req, token)
+	require.NoError(t, err, "TakeLease(%q, %+v, %q)", key, req, token)
+	return res
+}
+
+// TestConcurrencyWithLimitPer runs Acquire on a throttle with a cap and two
+// windows on every Leaser: a waiter for a lease wakes when one is released,
+// a refusal by a window is throttled with its RetryAfter, and a wait cut
+// short hands back its booking and its lease.
+func TestConcurrencyWithLimitPer(t *testing.T) {
+	for _, h := range leaseHarnesses(t) {
+		t.Run(h.name, func(t *testing.T) {
+			ctx := context.Background()
+			opts := []Option{WithStore(h.store), WithLimit(10), WithLimitPer(3, time.Hour), WithConcurrency(1),
+				WithLeaseTTL(time.Minute), WithDenyCache(false)}
+			th, err := New("concwindows/"+t.Name(), time.Second, append(opts, WithWait(5*time.Second))...)
+			require.NoError(t, err)
+			l1, err := th.Acquire(ctx)
+			require.NoError(t, err, "first Acquire")
+			got := make(chan error, 1)
+			go func() {
+				l, err := th.Acquire(ctx)
+				if err == nil {
+					l.Release()
+				}
+				got <- err
+			}()
+			select {
+			case err := <-got:
+				t.Fatalf("second Acquire returned %v while the lease was held", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			l1.Release()
+			select {
+			case err := <-got:
+				require.NoError(t, err, "second Acquire, woken by the release")
+			case <-time.After(5 * time.Second):
+				t.Fatal("second Acquire did not return within 5 s of the release")
+			}
+			// Two starts of three in the hour are used. A third is
+			// admitted; a fourth is refused by the long window.
+			l3, err := th.Acquire(ctx)
+			require.NoError(t, err, "third Acquire")
+			l3.Release()
+			nowait, err := New("concwindows/"+t.Name(), time.Second, opts...)
+			require.NoError(t, err)
+			_, err = nowait.Acquire(ctx)
+			var te *ThrottledError
+			require.ErrorAs(t, err, &te, "fourth Acquire, refused by the long window")
+			assert.False(t, errors.Is(err, ErrAtCapacity), "fourth Acquire: not the cap: %v", err)
+			assert.Greater(t, te.RetryAfter, 50*time.Minute, "fourth Acquire's RetryAfter: the long window's")
+		})
+	}
+}
+
+// TestConcurrencyWithLimitPerWaitCutShort: an Acquire whose booked start is
+// cut short by its ctx hands back the start in every window and releases
+// its lease, so that the next caller gets both.
+func TestConcurrencyWithLimitPerWaitCutShort(t *testing.T) {
+	for _, h := range leaseHarnesses(t) {
+		if h.fake {
+			continue // the booked start is slept on the real clock
+		}
+		t.Run(h.name, func(t *testing.T) {
+			key := fmt.Sprint("concwindows-cut/", t.Name())
+			th, err := New(key, 300*time.Millisecond, WithStore(h.store), WithLimitPer(2, time.Hour), WithConcurrency(2),
+				WithLeaseTTL(time.Minute), WithWait(5*time.Second))
+			require.NoError(t, err)
+			l1, err := th.Acquire(context.Background())
+			require.NoError(t, err, "first Acquire")
+			defer l1.Release()
+			ctx, cancel := context.WithCancel(context.Background())
+			got := make(chan error, 1)
+			go func() {
+				l, err := th.Acquire(ctx)
+				if err == nil {
+					l.Release()
+				}
+				got <- err
+			}()
+			time.Sleep(50 * time.Millisecond) // the second Acquire is booked and sleeps
+			cancel()
+			select {
+			case err := <-got:
+				require.ErrorIs(t, err, context.Canceled, "second Acquire, cut short")
+			case <-time.After(5 * time.Second):
+				t.Fatal("second Acquire did not return within 5 s of its ctx")
+			}
+			// With the booking kept in the long window (2 per hour), or
+			// its lease kept (cap 2, one held by l1), this would fail.
+			l3, err := th.Acquire(context.Background())
+			require.NoError(t, err, "third Acquire: the start and the lease handed back")
+			l3.Release()
+		})
+	}
+}
