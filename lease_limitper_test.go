@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dthrottle/throttle/internal/redistest"
+	"github.com/dthrottle/throttle/internal/simevent"
 )
 
 // TestLeaseWindowsContract checks TakeLease with windows (WithConcurrency
@@ -209,5 +213,51 @@ func TestConcurrencyWithLimitPerWaitCutShort(t *testing.T) {
 			require.NoError(t, err, "third Acquire: the start and the lease handed back")
 			l3.Release()
 		})
+	}
+}
+
+// TestCrossProcessConcurrencyWindows runs lease workers on one key with a
+// cap of 2 and two windows, 3 per 50 ms and 12 per 500 ms, under continuous
+// demand: the cap and the short window bind within each burst, the long
+// window across bursts. The cap and every window must hold (0 provable
+// violations), and the long window's capacity must mostly be used.
+func TestCrossProcessConcurrencyWindows(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cross-process test skipped in -short mode")
+	}
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	type server struct {
+		name    string
+		addr    string
+		cluster []string
+	}
+	servers := []server{{name: "miniredis", addr: mr.Addr()}}
+	if redistest.Available() || requireRedis() {
+		servers = append(servers, server{name: "redis", addr: redistest.Start(t).Addr},
+			server{name: "cluster", cluster: redistest.StartCluster(t, 3).Addrs})
+	} else {
+		t.Log("redis-server not found: cross-process test runs on miniredis only")
+	}
+	long := Window{Interval: 500 * time.Millisecond, Limit: 12}
+	const workers = 3
+	for _, srv := range servers {
+		for _, wait := range []time.Duration{0, time.Second} {
+			t.Run(srv.name+"/wait "+wait.String(), func(t *testing.T) {
+				spec := leaseSpec{Addr: srv.addr, Cluster: srv.cluster, Key: "xleasewin:" + t.Name(),
+					Concurrency: 2, Interval: 50 * time.Millisecond, Limit: 3, Windows: []Window{long}, Wait: wait,
+					LeaseTTL: 2 * time.Second, Duration: 1500 * time.Millisecond, Goroutines: 3}
+				calls := runLeaseWorkers(t, workers, spec)
+				checkLeaseCalls(t, calls, spec, workers, 0)
+				as := make([]simevent.Admission, len(calls))
+				for i, c := range calls {
+					as[i] = simevent.Admission{Asked: c.Asked, Started: c.Start}
+				}
+				r := simevent.Check(as, long.Interval, long.Limit, spec.Duration)
+				assert.GreaterOrEqual(t, r.AdmittedRatio(), 0.5, "admitted/ideal of the long window")
+				peak, _ := maxInFlight(calls, spec.Duration)
+				assert.Equal(t, spec.Concurrency, peak, "the cap binds: calls in flight at one instant")
+			})
+		}
 	}
 }
