@@ -58,3 +58,41 @@ func TestStoreWindowsCancel(t *testing.T) {
 	require.ErrorIs(t, th.Wait(ctx), context.Canceled)
 	assert.Equal(t, 1, s.Count("wc"), "starts admitted: the cancelled booking is not one")
 }
+
+// TestStoreLeasesWindows runs a throttle with a cap and two windows on the
+// fake clock: a call the cap refuses uses no start of either window, a
+// call a window refuses takes no lease, and Advance moves both windows and
+// the leases.
+func TestStoreLeasesWindows(t *testing.T) {
+	s := New(t)
+	opts := append(s.Options(), throttle.WithLimit(2), throttle.WithLimitPer(3, time.Minute),
+		throttle.WithConcurrency(1), throttle.WithLeaseTTL(time.Hour))
+	th, err := throttle.New("lw", time.Second, opts...)
+	require.NoError(t, err)
+	ctx := t.Context()
+	l, err := th.Acquire(ctx)
+	require.NoError(t, err, "first Acquire")
+	_, err = th.Acquire(ctx)
+	assert.ErrorIs(t, err, throttle.ErrAtCapacity, "second Acquire with the lease held")
+	l.Release()
+	l, err = th.Acquire(ctx)
+	require.NoError(t, err, "second Acquire after the release: the cap's refusal used no start")
+	l.Release()
+	_, err = th.Acquire(ctx)
+	var te *throttle.ThrottledError
+	require.ErrorAs(t, err, &te, "third Acquire within the second")
+	assert.NotErrorIs(t, err, throttle.ErrAtCapacity, "third Acquire: refused by the short window")
+	s.Advance(te.RetryAfter)
+	l, err = th.Acquire(ctx)
+	require.NoError(t, err, "third Acquire after the second: the refusal took no lease")
+	l.Release()
+	s.Advance(time.Second + time.Millisecond)
+	_, err = th.Acquire(ctx)
+	require.ErrorAs(t, err, &te, "fourth Acquire within the minute")
+	assert.Greater(t, te.RetryAfter, 50*time.Second, "fourth Acquire's RetryAfter: the minute window's")
+	s.Advance(te.RetryAfter)
+	l, err = th.Acquire(ctx)
+	require.NoError(t, err, "fourth Acquire after the minute")
+	l.Release()
+	assert.Equal(t, 4, s.Count("lw"), "starts admitted")
+}
