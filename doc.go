@@ -63,7 +63,8 @@
 // is renewed while fn runs (every third of WithLeaseTTL, default 10 s) and
 // freed at once by its release; a process that dies frees its leases one
 // TTL after its last renewal, never before, on the store's clock. An
-// interval of 0 means a cap without a rate.
+// interval of 0 means a cap without a rate. The windows of WithLimitPer
+// join the same step: the lease and a start in every window, or nothing.
 //
 // # Holds and outbound HTTP
 //

@@ -137,11 +137,15 @@ func WithObserver(fn func(Event)) Option {
 // instant, across every process that shares the store: a call holds one of
 // k leases from before fn starts until it returns (see Lease). With a rate
 // too, a call needs a start under the rate and a free lease, decided in one
-// atomic step, so a call refused by one uses nothing of the other. With it,
-// an interval of 0 means no rate, only the cap; with an interval, the limit
-// must be at most 64. A throttle with a cap decides with Acquire or the
-// Wrap functions; its Allow and Wait return an error. k must be at least 1.
-// Default: no cap.
+// atomic step, so a call refused by one uses nothing of the other. With
+// windows of WithLimitPer, the lease and a start in every window are
+// decided in that one step: a call refused by the cap or by any window uses
+// nothing of the others, and a booked start holds its lease while it
+// waits. With it, an interval of 0 means no rate, only the cap (and then
+// no WithLimitPer); with an interval, the limit must be at most 64, unless
+// the throttle has windows of WithLimitPer. A throttle with a cap decides
+// with Acquire or the Wrap functions; its Allow and Wait return an error.
+// k must be at least 1. Default: no cap.
 func WithConcurrency(k int) Option {
 	return optionFunc(func(c *config) { c.concurrency, c.concurrencySet = k, true })
 }

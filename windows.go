@@ -45,13 +45,21 @@ type Window struct {
 // The store must be a WindowStore (RedisStore, MemoryStore and
 // throttletest.Store are), or New returns an error. On a RedisStore, a
 // throttle with windows keeps each window in a bucket window (see
-// RedisStore), whatever its limit; a start booked ahead can be at most
-// about three of the shortest window's intervals away, so a Wait that
-// would wait longer is refused, with a RetryAfter that ends when the
-// booking fits.
+// RedisStore), whatever its limit.
+//
+// A start booked ahead (WithWait, Wait) can be at most about three of the
+// shortest window's intervals away (the interval's own, or a shorter
+// per): 2.98 of them, the part of the bucket ring that a booking may use.
+// A Wait that would wait longer is refused at once, whatever WithWait
+// allows, with a RetryAfter that ends when the booking fits.
+//
+// With WithConcurrency, the lease and a start in every window are taken
+// in one atomic step (Acquire): a call refused by the cap uses no start of
+// any window, and a call refused by a window takes no lease. The interval
+// must then be above 0, and the limit may be above 64.
 // With WithFallback, the process-local limit used while the store fails is
-// per interval only. WithLimitPer cannot be combined with WithConcurrency,
-// and a throttle with windows never leases permits (WithPermitBatch).
+// per interval only, and a throttle with windows never leases permits
+// (WithPermitBatch).
 func WithLimitPer(n int, per time.Duration) Option {
 	return optionFunc(func(c *config) { c.windows = append(c.windows, Window{Interval: per, Limit: n}) })
 }
