@@ -155,6 +155,20 @@ func TestSimLimitPer(t *testing.T) {
 	assert.Positive(t, rep.Starts, "liveness: some calls were admitted")
 }
 
+// TestSimLimitPerConcurrency runs the simulator with a cap and a second
+// window: the verdict checks the calls in flight and both windows.
+func TestSimLimitPerConcurrency(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := runCmd(context.Background(), "sim", "--workers", "3", "--interval", "100ms", "--limit", "3",
+		"--limit-per", "6/500ms", "--concurrency", "2", "--wait", "300ms", "--duration", "1.5s", "--api-time", "40ms",
+		"--seed", "42", "--quiet")
+	require.Equal(t, exitOK, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	assert.Contains(t, out, "PASS: the guarantee held")
+	assert.Contains(t, out, "at most 3 start(s) in any 100ms window and 6 in any 500ms window and at most 2 call(s) in flight")
+	assert.Zero(t, summaryFigure(t, out, "provable violations per 500ms"), "the summary checks the second window")
+	assert.Regexp(t, `(?m)^  max calls in flight +[12] +cap 2`, out)
+}
+
 func TestSimRedisServer(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
