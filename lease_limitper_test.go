@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -259,5 +260,49 @@ func TestCrossProcessConcurrencyWindows(t *testing.T) {
 				assert.Equal(t, spec.Concurrency, peak, "the cap binds: calls in flight at one instant")
 			})
 		}
+	}
+}
+
+// TestWindowsSurviveKeyExpiringMidScript: on miniredis in real time (as
+// the simulator runs it) a window's hash can expire between the script's
+// read and its write, the more so with the cap's calls in between
+// (leasewindows.lua). The hash the write leaves must still be a window: a
+// Take after it decides (it failed with "bad argument #1 to find" when the
+// write left 'c' without 'h'), and it expires.
+func TestWindowsSurviveKeyExpiringMidScript(t *testing.T) {
+	const anchor = "if redis.call('HSET', s.key, unpack(fields)) > 0 or into ~= s.l then"
+	for _, lease := range []bool{false, true} {
+		t.Run(fmt.Sprint("lease ", lease), func(t *testing.T) {
+			mr, c, now := stoppedMiniredis(t)
+			ctx := context.Background()
+			s := NewRedisStore(c, WithKeyPrefix(""))
+			req := Request{Interval: time.Second, Limit: 5, Windows: []Window{{Interval: time.Minute, Limit: 10}},
+				Concurrency: 10, LeaseTTL: time.Minute}
+			for range 2 {
+				res, err := s.Take(ctx, "k", req)
+				require.NoError(t, err)
+				require.True(t, res.OK)
+			}
+			mr.SetTime(now.Add(100 * time.Millisecond))
+			windows := "local function windows(KEYS, ARGV, gate)\n" +
+				inject(t, multiSource, anchor, "redis.call('DEL', s.key)") + "\nend\n"
+			keys := append(s.windowKeys("k", req), s.name("k", holdSuffix))
+			args := multiArgs("t", req, 0, "0")
+			src := bucketSource + windows + "return windows(KEYS, ARGV)\n"
+			if lease {
+				keys = append(s.LeaseKeys("k"), keys...)
+				args = append(args, "tok", req.Concurrency, millis(req.LeaseTTL))
+				src = leaseSetSource + bucketSource + windows + leaseWindowsSource
+			}
+			v, err := redis.NewScript(src).Run(ctx, c, keys, args...).Int64Slice()
+			require.NoError(t, err)
+			assert.EqualValues(t, 1, v[0], "admitted")
+			for _, k := range s.windowKeys("k", req) {
+				assert.Positive(t, mr.TTL(k), "window %s expires", k)
+			}
+			res, err := s.Take(ctx, "k", req)
+			require.NoError(t, err, "Take after a window vanished mid-script")
+			assert.True(t, res.OK, "Take after a window vanished mid-script")
+		})
 	}
 }

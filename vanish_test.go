@@ -61,6 +61,10 @@ func TestWindowScriptSurvivesKeyExpiringMidScript(t *testing.T) {
 			assert.EqualValues(t, 1, v[0], "admitted")
 			assert.True(t, mr.Exists(k), "the window after the script")
 			assert.Positive(t, mr.TTL(k), "the window expires")
+			// What the script left is a window: the next Take decides.
+			res, err = s.Take(ctx, "k", req)
+			require.NoError(t, err, "Take after the window vanished mid-script")
+			assert.True(t, res.OK, "Take after the window vanished mid-script")
 		})
 	}
 }
