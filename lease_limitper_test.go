@@ -306,3 +306,29 @@ func TestWindowsSurviveKeyExpiringMidScript(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrencyWithLimitPerLargeLimit: with windows, a cap takes a limit
+// above 64 (the windows are bucket windows whatever the limit), which a
+// cap with one rate refuses.
+func TestConcurrencyWithLimitPerLargeLimit(t *testing.T) {
+	_, err := New("k", time.Second, WithLimit(1000), WithConcurrency(2))
+	require.EqualError(t, err, "throttle: WithConcurrency needs a limit of at most 64, not 1000", "a cap with one rate of 1000")
+	for _, h := range leaseHarnesses(t) {
+		if !h.fake {
+			continue
+		}
+		t.Run(h.name, func(t *testing.T) {
+			th, err := New("large/"+t.Name(), time.Second, WithStore(h.store), WithLimit(1000), WithLimitPer(5000, time.Hour),
+				WithConcurrency(2), WithLeaseTTL(time.Minute))
+			require.NoError(t, err, "a cap with 1000 per second and 5000 per hour")
+			l1, err := th.Acquire(context.Background())
+			require.NoError(t, err, "first Acquire")
+			l2, err := th.Acquire(context.Background())
+			require.NoError(t, err, "second Acquire")
+			_, err = th.Acquire(context.Background())
+			assert.ErrorIs(t, err, ErrAtCapacity, "third Acquire, two leases held")
+			l1.Release()
+			l2.Release()
+		})
+	}
+}
