@@ -74,10 +74,10 @@ type Throttle struct {
 // New returns an error for an empty key, an interval below 1 ms (0 is
 // allowed with WithConcurrency: a cap without a rate) or above MaxInterval,
 // a limit below 1 or above MaxLimit (above 64 with WithConcurrency and no
-// WithLimitPer), a nil
-// store, a negative wait or timeout, a concurrency below 1, a lease TTL
-// that is negative or below MinLeaseTTL, or windows of WithLimitPer that
-// are out of range, too many, or on a store that is not a WindowStore.
+// WithLimitPer), a nil store, a negative wait or timeout, a concurrency
+// below 1, a lease TTL that is negative or below MinLeaseTTL, or windows of
+// WithLimitPer that are out of range, too many, on a store that is not a
+// WindowStore, or on a cap without a rate (an interval of 0).
 func New(key string, interval time.Duration, opts ...Option) (*Throttle, error) {
 	if key == "" {
 		return nil, errEmptyKey

@@ -107,7 +107,7 @@ func parseSim(args []string, stderr io.Writer) (simConfig, int) {
 		return c, badUsage(fs, "--concurrency %d: must be between 0 (no cap) and %d", c.concurrency, throttle.MaxLimit)
 	case c.concurrency > 0 && (c.leaseTTL < throttle.MinLeaseTTL || c.leaseTTL > throttle.MaxInterval):
 		return c, badUsage(fs, "--lease-ttl %v: must be between %v and %v", c.leaseTTL, throttle.MinLeaseTTL, throttle.MaxInterval)
-	case c.concurrency > 0 && c.interval > 0 && c.limit > 64:
+	case c.concurrency > 0 && c.interval > 0 && c.limit > 64 && len(c.limitPer) == 0:
 		return c, badUsage(fs, "--limit %d: --concurrency needs a limit of at most 64", c.limit)
 	case c.interval == 0 && c.concurrency > 0:
 		// A cap without a rate.
