@@ -17,7 +17,7 @@ import (
 )
 
 // TestLeaseFaults runs callers of a cap of 2 (with and without a rate, with
-// and without waiting) through a link whose latency changes every 50 ms,
+// a second window of WithLimitPer, with and without waiting) through a link whose latency changes every 50 ms,
 // that loses every 7th reply and drops every connection every 200 ms: at
 // most 2 calls are ever in flight (a lost reply can cost a lease until its
 // TTL, never add one), and once the link heals, calls are admitted again.
@@ -27,10 +27,16 @@ func TestLeaseFaults(t *testing.T) {
 	c := proxyClient(t, p)
 	store := NewRedisStore(c, WithKeyPrefix("leasefault:"))
 	const k, ttl = 2, 300 * time.Millisecond
+	window := []Option{WithLimitPer(20, 400*time.Millisecond)}
 	specs := []struct {
 		interval time.Duration
 		wait     time.Duration
-	}{{0, 0}, {0, 500 * time.Millisecond}, {40 * time.Millisecond, 0}, {40 * time.Millisecond, 500 * time.Millisecond}}
+		opts     []Option // WithLimitPer's windows, if any
+	}{{0, 0, nil}, {0, 500 * time.Millisecond, nil}, {40 * time.Millisecond, 0, nil}, {40 * time.Millisecond, 500 * time.Millisecond, nil},
+		{40 * time.Millisecond, 0, window}, {40 * time.Millisecond, 500 * time.Millisecond, window}}
+	key := func(i int) string {
+		return fmt.Sprintf("fault/%v/%v/%d", specs[i].interval, specs[i].wait, len(specs[i].opts))
+	}
 	type result struct {
 		f                   inFlight
 		throttled, failures atomic.Int64
@@ -42,14 +48,13 @@ func TestLeaseFaults(t *testing.T) {
 	for i, sp := range specs {
 		results[i] = &result{}
 		r := results[i]
-		key := fmt.Sprintf("fault/%v/%v", sp.interval, sp.wait)
 		for range 4 { // each caller with its own function, like a process
-			call := WrapErr(key, sp.interval, func(ctx context.Context) (int, error) {
+			call := WrapErr(key(i), sp.interval, func(ctx context.Context) (int, error) {
 				r.f.enter()
 				defer r.f.leave()
 				time.Sleep(time.Duration(2+rand.IntN(10)) * time.Millisecond)
 				return 0, nil
-			}, WithStore(store), WithConcurrency(k), WithLeaseTTL(ttl), WithWait(sp.wait), WithTimeout(time.Second))
+			}, append([]Option{WithStore(store), WithConcurrency(k), WithLeaseTTL(ttl), WithWait(sp.wait), WithTimeout(time.Second)}, sp.opts...)...)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -90,8 +95,8 @@ func TestLeaseFaults(t *testing.T) {
 	stats := p.Stats()
 	for i, sp := range specs {
 		r := results[i]
-		t.Logf("cap %d, interval %v, wait %v: %d runs, peak in flight %d, %d throttled, %d store failures",
-			k, sp.interval, sp.wait, r.f.runs.Load(), r.f.peak.Load(), r.throttled.Load(), r.failures.Load())
+		t.Logf("cap %d, interval %v, wait %v, windows %d: %d runs, peak in flight %d, %d throttled, %d store failures",
+			k, sp.interval, sp.wait, len(sp.opts), r.f.runs.Load(), r.f.peak.Load(), r.throttled.Load(), r.failures.Load())
 		assert.LessOrEqual(t, r.f.peak.Load(), int64(k), "peak in flight, interval %v wait %v", sp.interval, sp.wait)
 		assert.Zero(t, r.other.Load(), "errors other than throttled or store unavailable")
 	}
@@ -100,9 +105,9 @@ func TestLeaseFaults(t *testing.T) {
 
 	// Healed: leases lost with their replies expire within the TTL, and
 	// each key admits k calls at once again.
-	for _, sp := range specs {
-		key := fmt.Sprintf("fault/%v/%v", sp.interval, sp.wait)
-		th, err := New(key, sp.interval, WithStore(store), WithConcurrency(k), WithLeaseTTL(ttl), WithWait(5*time.Second), WithTimeout(time.Second))
+	for i, sp := range specs {
+		th, err := New(key(i), sp.interval, append([]Option{WithStore(store), WithConcurrency(k), WithLeaseTTL(ttl),
+			WithWait(5 * time.Second), WithTimeout(time.Second)}, sp.opts...)...)
 		require.NoError(t, err)
 		var leases []*Lease
 		for range k {
