@@ -61,7 +61,7 @@ func (s *RedisStore) LeaseKeys(key string) []string {
 // be handed back with Cancel, as one made by Take.
 //
 // With req.Windows (WithLimitPer) the script is scripts/leasewindows.lua,
-// over the lease keys and the bucket windows of every window (see KeysFor):
+// over the lease keys and the hash of the windows (see KeysFor):
 // the lease and a start in every window, or nothing, in one round trip,
 // whatever the limits.
 func (s *RedisStore) TakeLease(ctx context.Context, key string, req Request, token string) (Reservation, error) {

@@ -26,7 +26,6 @@ func (s *RedisStore) takeLeaseWindows(ctx context.Context, key string, req Reque
 		mark = rand.Uint64() | 1 // never 0, which names no booking
 	}
 	keys := append(s.LeaseKeys(key), s.windowKeys(key, req)...)
-	keys = append(keys, s.name(key, holdSuffix))
 	v, err := s.run(ctx, leaseWindowsScript, keys,
 		multiArgs("t", req, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10),
 			token, req.Concurrency, millis(ceilMillis(req.LeaseTTL)))...)

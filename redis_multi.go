@@ -23,32 +23,41 @@ var windowsFunction = "local function windows(KEYS, ARGV, gate)\n" + multiSource
 
 // KeysFor returns the names of the Redis keys that a throttle of key under
 // req may write, as Keys does; with req.Windows (WithLimitPer) they are the
-// bucket window of each window, P{k}:w:<interval in µs>:<limit>, then the
-// record of its holds. The windows are merged as New merges those of
-// WithLimitPer, so req may give them as the options do.
+// hash that keeps every window, P{k}:w:<interval in µs>:<limit>, then
+// :<interval>:<limit> for each of req.Windows, then the record of its
+// holds. The windows are merged as New merges those of WithLimitPer, so
+// req may give them as the options do.
 func (s *RedisStore) KeysFor(key string, req Request) []string {
 	req.Limit, req.Windows = mergedWindows(req.Interval, req.Limit, req.Windows)
 	if len(req.Windows) == 0 {
 		return s.Keys(key, req.Limit)
 	}
-	return append(s.windowKeys(key, req), s.name(key, holdSuffix))
+	return s.windowKeys(key, req)
 }
 
-// windowKeys returns the names of the bucket windows of req's windows, its
-// own first, in the order of multiArgs, with room for the hold record that
-// the callers append.
+// windowKeys returns the names of the hash of req's windows and of the
+// hold record, the keys of multi.lua.
 func (s *RedisStore) windowKeys(key string, req Request) []string {
-	keys := make([]string, 0, 2+len(req.Windows))
-	keys = append(keys, s.name(key, windowName(req.Interval, req.Limit)))
-	for _, w := range req.Windows {
-		keys = append(keys, s.name(key, windowName(w.Interval, w.Limit)))
-	}
-	return keys
+	return []string{s.name(key, windowsName(req)), s.name(key, holdSuffix)}
 }
 
-// windowName is the suffix of the bucket window of limit per interval.
-func windowName(interval time.Duration, limit int) string {
-	return ":w:" + strconv.FormatInt(micros(interval), 10) + ":" + strconv.Itoa(limit)
+// windowsName is the suffix of the hash of req's windows, its own first,
+// in the order of multiArgs.
+func windowsName(req Request) string {
+	b := make([]byte, 0, 3+24*(1+len(req.Windows)))
+	b = append(b, ":w"...)
+	b = appendWindow(b, req.Interval, req.Limit)
+	for _, w := range req.Windows {
+		b = appendWindow(b, w.Interval, w.Limit)
+	}
+	return string(b)
+}
+
+func appendWindow(b []byte, interval time.Duration, limit int) []byte {
+	b = append(b, ':')
+	b = strconv.AppendInt(b, micros(interval), 10)
+	b = append(b, ':')
+	return strconv.AppendInt(b, int64(limit), 10)
 }
 
 // multiArgs returns the arguments of multi.lua for op over req's windows,
@@ -70,8 +79,7 @@ func (s *RedisStore) takeMulti(ctx context.Context, key string, req Request) (Re
 	if req.MaxWait > 0 {
 		mark = rand.Uint64() | 1 // never 0, which names no booking
 	}
-	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
-	v, err := s.run(ctx, multiScript, keys,
+	v, err := s.run(ctx, multiScript, s.windowKeys(key, req),
 		multiArgs("t", req, micros(min(req.MaxWait, MaxInterval)), strconv.FormatUint(mark, 10))...)
 	if err != nil {
 		return Reservation{}, err
@@ -96,14 +104,12 @@ func (s *RedisStore) cancelMulti(ctx context.Context, key string, req Request, r
 	if res.Booking.Mark == 0 {
 		return nil // not a booking of takeMulti
 	}
-	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
-	_, err := s.run(ctx, multiScript, keys, multiArgs("c", req, strconv.FormatUint(res.Booking.Mark, 10))...)
+	_, err := s.run(ctx, multiScript, s.windowKeys(key, req), multiArgs("c", req, strconv.FormatUint(res.Booking.Mark, 10))...)
 	return err
 }
 
 // holdMulti holds off every window of req for d, and records the hold.
 func (s *RedisStore) holdMulti(ctx context.Context, key string, req Request, d time.Duration) error {
-	keys := append(s.windowKeys(key, req), s.name(key, holdSuffix))
-	_, err := s.run(ctx, multiScript, keys, multiArgs("h", req, micros(d))...)
+	_, err := s.run(ctx, multiScript, s.windowKeys(key, req), multiArgs("h", req, micros(d))...)
 	return err
 }

@@ -77,9 +77,10 @@ const (
 //     start counts as if at the end of its bucket, so the limit is never
 //     exceeded, and at most 0.7% of the capacity is lost. A waiting call
 //     can book at most about three intervals ahead.
-//   - With windows (WithLimitPer), whatever the limits: one bucket window
-//     as above per window, P{k}:w:<interval in µs>:<limit>, all decided by
-//     one script (see KeysFor). The single-window keys are not used.
+//   - With windows (WithLimitPer), whatever the limits: a bucket window as
+//     above per window, all in one hash, P{k}:w:<interval in µs>:<limit>
+//     and :<interval>:<limit> for each further window, decided by one
+//     script (see KeysFor). The single-window keys are not used.
 //   - P{k}:hold records a hold (see Throttle.Hold) while it lasts.
 //
 // Scripts run with EVALSHA and fall back to EVAL when the server has lost

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -196,11 +197,12 @@ func TestLimitPerKeepsEveryWindow(t *testing.T) {
 				assert.Greater(t, cancelled, 5, "cancels")
 				assert.Greater(t, probed, 20, "RetryAfter probes")
 				if ws.client != nil {
-					for _, name := range ws.store.(*RedisStore).windowKeys(key, base) {
-						n, err := ws.client.HLen(ctx, name).Result()
-						require.NoError(t, err)
-						assert.LessOrEqual(t, n, int64(643), "fields of %s", name)
-					}
+					// One hash keeps every window: at most 643 fields each
+					// (3 of its own and a ring of 640), and the hold.
+					name := ws.store.(*RedisStore).windowKeys(key, base)[0]
+					n, err := ws.client.HLen(ctx, name).Result()
+					require.NoError(t, err)
+					assert.LessOrEqual(t, n, int64(1+643*len(all)), "fields of %s", name)
 				}
 			})
 		}
@@ -368,7 +370,7 @@ func TestLimitPerHoldAndResetCoverEveryWindow(t *testing.T) {
 
 	req := th.c.request(0)
 	keys := s.KeysFor("hr", req)
-	assert.Equal(t, []string{"throttle:{hr}:w:100000:2", "throttle:{hr}:w:1000000:3", "throttle:{hr}:hold"}, keys, "KeysFor")
+	assert.Equal(t, []string{"throttle:{hr}:w:100000:2:1000000:3", "throttle:{hr}:hold"}, keys, "KeysFor")
 	for _, name := range mr.Keys() {
 		assert.Contains(t, keys, name, "a key written is among KeysFor")
 	}
@@ -378,11 +380,9 @@ func TestLimitPerHoldAndResetCoverEveryWindow(t *testing.T) {
 	require.True(t, allowed(), "after Reset: the long window was reset too")
 
 	require.NoError(t, th.Hold(ctx, 500*time.Millisecond))
-	for _, name := range keys[:2] {
-		h, err := c.HGet(ctx, name, "hold").Result()
-		require.NoError(t, err, "hold of %s", name)
-		assert.NotEmpty(t, h, "hold of %s", name)
-	}
+	h, err := c.HGet(ctx, keys[0], "hold").Result()
+	require.NoError(t, err, "hold of %s", keys[0])
+	assert.NotEmpty(t, h, "hold of %s", keys[0])
 	held, err := th.Held(ctx)
 	require.NoError(t, err)
 	assert.InDelta(t, 500*time.Millisecond, held, float64(time.Millisecond), "Held")
@@ -462,4 +462,52 @@ func TestLimitPerRingRefusalRetryAfter(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.OK, "at the RetryAfter")
 	assert.Equal(t, 298_125*time.Microsecond, res.Delay, "booked where the long window admits")
+}
+
+// TestLimitPerOneHashOneWrite: the windows of a throttle share one hash,
+// so an admitted decision reads them with one HMGET (two when a head moves
+// past a bucket that left its window) and writes them with one HSET and at
+// most one PEXPIREAT, whatever the number of windows; a window whose
+// newest start left it (the hash outlives it for a longer window) is read
+// as empty without a walk.
+func TestLimitPerOneHashOneWrite(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	s := NewRedisStore(c)
+	ctx := context.Background()
+	req := Request{Interval: 20 * time.Millisecond, Limit: 10, Windows: []Window{
+		{Interval: time.Minute, Limit: 1000}, {Interval: time.Hour, Limit: 5000}}}
+	stat := func() map[string]string {
+		info, err := c.Info(ctx, "commandstats").Result()
+		require.NoError(t, err)
+		m := map[string]string{}
+		for _, line := range strings.Split(info, "\n") {
+			if name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls="); ok {
+				m[name], _, _ = strings.Cut(rest, ",")
+			}
+		}
+		return m
+	}
+	for i := range 6 {
+		if i == 3 {
+			// The short window's starts all leave it; the hash stays.
+			time.Sleep(req.Interval + 2*time.Millisecond)
+		}
+		require.NoError(t, c.ConfigResetStat(ctx).Err())
+		res, err := s.Take(ctx, "onehash", req)
+		require.NoError(t, err)
+		require.True(t, res.OK, "decision %d", i)
+		st := stat()
+		assert.Equal(t, "1", st["evalsha"], "decision %d: one script", i)
+		assert.Equal(t, "1", st["hmget"], "decision %d: HMGET of every window's fields at once", i)
+		assert.Equal(t, "1", st["hset"], "decision %d: one HSET for every window", i)
+		assert.Contains(t, []string{"", "1"}, st["pexpireat"], "decision %d: at most one PEXPIREAT", i)
+		assert.Empty(t, st["hget"], "decision %d: no walk", i)
+		time.Sleep(time.Millisecond) // a new bucket of the short window
+	}
+	keys := s.KeysFor("onehash", req)
+	require.Len(t, keys, 2)
+	n, err := c.Exists(ctx, keys...).Result()
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, n, "the windows' hash, and no hold record")
 }

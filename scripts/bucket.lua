@@ -13,15 +13,18 @@ local function split(v)
   return tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1))
 end
 
--- field is the ring field of bucket b.
-local function field(b)
+-- field is the ring field of bucket b, after the prefix p of its window
+-- (multi.lua) if given.
+local function field(b, p)
+  if p then
+    return p .. string.format('%d', b % R)
+  end
   return string.format('%d', b % R)
 end
 
--- entry returns the bucket, count and next of the list entry of bucket b
--- in the window hash key, or nil when the field holds another bucket.
-local function entry(key, b)
-  local e = redis.call('HGET', key, field(b))
+-- parse returns the bucket, count and next of e, the value of the ring
+-- field of bucket b, or nil when e is missing or holds another bucket.
+local function parse(e, b)
   if not e then
     return nil
   end
@@ -30,6 +33,12 @@ local function entry(key, b)
     return nil
   end
   return eb, ec, en
+end
+
+-- entry returns the list entry of bucket b in the window hash key (its
+-- fields prefixed with p, if given), as parse.
+local function entry(key, b, p)
+  return parse(redis.call('HGET', key, field(b, p)), b)
 end
 
 -- recordHold makes the hold record rec last through millisecond

@@ -9,8 +9,8 @@
 -- counted and the lease added.
 --
 -- KEYS[1..3]      as leaseset.lua
--- KEYS[4..3+m]    the window hashes, KEYS[4+m] the hold record (multi.lua's
---                 KEYS[1..m+1])
+-- KEYS[4], KEYS[5] the windows' hash and the hold record (multi.lua's
+--                 KEYS[1] and KEYS[2])
 -- ARGV[1..4+2m]   as multi.lua's for op 't' (ARGV[1] is 't')
 -- ARGV[5+2m]      the lease's token
 -- ARGV[6+2m]      k, the number of leases
@@ -57,8 +57,4 @@ local function gate(at)
   return nil
 end
 
-local wkeys = {}
-for i = 1, m + 1 do
-  wkeys[i] = KEYS[3 + i]
-end
-return windows(wkeys, ARGV, gate)
+return windows({KEYS[4], KEYS[5]}, ARGV, gate)

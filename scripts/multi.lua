@@ -3,9 +3,12 @@
 -- and a refused call changes no window (RedisStore puts bucket.lua, the
 -- helpers it shares with window.lua, in front of it).
 --
--- Each window is a bucket window as window.lua keeps one, in a hash of its
--- own (see window.lua for the layout, the safety argument and the bound on
--- memory): buckets of w = ceil(interval / K) microseconds, a start counted
+-- Each window is a bucket window as window.lua keeps one (see window.lua
+-- for the layout, the safety argument and the bound on memory), and all of
+-- them share one hash, so that one HMGET reads and one HSET writes them
+-- all: window i's fields are window.lua's with the prefix "i." (i.c,
+-- i.h, and the ring i.0 to i.639), and the end of a hold, 'hold', is
+-- shared. Buckets of w = ceil(interval / K) microseconds, a start counted
 -- at the end of its bucket (never before it happens: safety), so each
 -- window admits at most one bucket, 1/K of its interval, late. Every window
 -- counts every start, so the argument of window.lua holds for each window
@@ -13,19 +16,20 @@
 -- windows admit it, and each window's count only falls as time passes, so
 -- every window admits it then.
 --
---   bk       "b:mark" of the newest booking, in every window, until it is
---            handed back
+--   i.k      "b:mark" of the newest booking, in window i (b is its bucket
+--            there), until it is handed back
 --
 -- A cancel hands back a booking in each window where its mark is still in
--- bk and its bucket is still the newest of the list: taking one start off
+-- i.k and its bucket is still the newest of the list: taking one start off
 -- that bucket undoes exactly what the booking added there. Any other cancel
 -- (out of order, replayed after a lost reply, after a reset, once the bucket
 -- left the window) changes nothing in that window, which costs only
 -- capacity. The windows decide this each on its own: handing back a start
 -- that will not happen is safe in any of them.
 --
--- Times are TIME's, the server's clock in microseconds; expiries are set
--- with PEXPIREAT on that same clock.
+-- Times are TIME's, the server's clock in microseconds; the expiry, set
+-- with PEXPIREAT on that same clock, keeps the hash until the newest start
+-- of every window has left it and any hold has ended.
 --
 -- This file is the body of a function windows(KEYS, ARGV, gate) (see
 -- redis_multi.go), which multiScript calls with Redis's KEYS and ARGV and
@@ -35,7 +39,7 @@
 -- (TIME's microseconds); a reply it returns is the call's, and no window
 -- changes. It returns nil to let the start be counted.
 --
--- KEYS[1..m]  the window hashes; KEYS[m+1] the hold record
+-- KEYS[1]     the windows' hash; KEYS[2] the hold record
 -- ARGV[1]     op: 't' take, 'c' cancel, 'h' hold
 -- ARGV[2]     m, the number of windows (1 to 4)
 -- ARGV[3..]   for each window its interval in microseconds, then its limit
@@ -45,6 +49,7 @@
 -- Returns, for 't', {ok, delay_us, retry_us}; for 'c' and 'h', 1.
 local op = ARGV[1]
 local m = tonumber(ARGV[2])
+local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local arg = ARGV[3 + 2 * m]
@@ -53,71 +58,104 @@ if op == 'c' then
   mark = arg
 end
 
--- load reads window i, with its head moved past the buckets that left it.
-local function load(i)
+-- Every window's head fields, and the hold, in one read.
+local names = {'hold'}
+for i = 1, m do
+  local p = i .. '.'
+  names[3 * i - 1], names[3 * i], names[3 * i + 1] = p .. 'c', p .. 'h', p .. 'k'
+end
+local v = redis.call('HMGET', key, unpack(names))
+local hold = tonumber(v[1]) or 0
+local ws = {}
+for i = 1, m do
   local interval = tonumber(ARGV[1 + 2 * i])
   local w = math.ceil(interval / K)
   local s = {
-    key = KEYS[i], interval = interval, limit = tonumber(ARGV[2 + 2 * i]),
+    p = i .. '.', interval = interval, limit = tonumber(ARGV[2 + 2 * i]),
     w = w, D = math.ceil(interval / w), cur = math.floor(now / w),
+    j0 = math.floor((now - interval) / w) - 1,
     l = -1, total = 0, hb = -1, base = 0,
   }
-  local v = redis.call('HMGET', s.key, 'c', 'h', 'hold', 'bk')
-  if v[1] then
-    s.l, s.total = split(v[1])
-    s.hb, s.base = split(v[2])
+  if v[3 * i - 1] then
+    s.l, s.total = split(v[3 * i - 1])
+    s.hb, s.base = split(v[3 * i])
   end
-  s.hold = tonumber(v[3]) or 0
-  s.bk = v[4]
-  local j0 = math.floor((now - interval) / w) - 1
-  while s.hb >= 0 and s.hb <= j0 do
-    local eb, ec, en = entry(s.key, s.hb)
-    if not eb then
-      break
+  s.bk = v[3 * i + 1]
+  if s.l >= 0 and s.l <= s.j0 then
+    -- The newest bucket left the window, so all did: the walk below would
+    -- end past l with the base at C(l) = total. (The hash outlives a
+    -- window that is not its longest.)
+    s.hb, s.base = -1, s.total
+  end
+  ws[i] = s
+end
+
+-- Move each head past the buckets that left its window, with one read per
+-- step for every window whose head still moves. A broken list (it never
+-- is) stops that head, which only over-counts.
+while true do
+  local moving, fields = {}, {}
+  for i = 1, m do
+    local s = ws[i]
+    if s.hb >= 0 and s.hb <= s.j0 then
+      moving[#moving + 1] = s
+      fields[#fields + 1] = field(s.hb, s.p)
     end
-    s.base, s.hb = ec, en
   end
-  return s
+  if #moving == 0 then
+    break
+  end
+  local e = redis.call('HMGET', key, unpack(fields))
+  for n, s in ipairs(moving) do
+    local eb, ec, en = parse(e[n], s.hb)
+    if eb then
+      s.base, s.hb = ec, en
+    else
+      s.j0 = -1
+    end
+  end
 end
 
--- expire keeps window s until its newest start leaves it and any hold ends.
-local function expire(s, newest)
-  local last = (newest + 1) * s.w + s.interval
-  if s.hold > last then
-    last = s.hold
+-- expire keeps the hash until the newest start of every window leaves it
+-- (newest(s) is the newest bucket to count for window s) and any hold ends.
+local function expire(newest)
+  local last = hold
+  for i = 1, m do
+    local s = ws[i]
+    last = math.max(last, (newest(s) + 1) * s.w + s.interval)
   end
-  redis.call('PEXPIREAT', s.key, string.format('%d', math.ceil(last / 1000)))
-end
-
-local ws = {}
-for i = 1, m do
-  ws[i] = load(i)
+  redis.call('PEXPIREAT', key, string.format('%d', math.ceil(last / 1000)))
 end
 
 if op == 'h' then
-  -- Every window records the end of the hold, on a whole millisecond so
-  -- that the hold record ends with it (see window.lua).
+  -- The end of the hold, on a whole millisecond so that the hold record
+  -- ends with it (see window.lua).
   local h = math.ceil((now + tonumber(arg)) / 1000) * 1000
-  for i = 1, m do
-    local s = ws[i]
-    if h > s.hold then
-      s.hold = h
-      redis.call('HSET', s.key, 'hold', string.format('%d', h))
-      expire(s, math.max(s.l, s.cur))
-    end
+  if h > hold then
+    hold = h
+    redis.call('HSET', key, 'hold', string.format('%d', h))
+    expire(function(s) return math.max(s.l, s.cur) end)
   end
-  recordHold(KEYS[m + 1], h, now)
+  recordHold(KEYS[2], h, now)
   return 1
 end
 
 if op == 'c' then
+  local fields, gone = {}, {}
   for i = 1, m do
     local s = ws[i]
     if s.hb >= 0 and s.bk == string.format('%d', s.l) .. ':' .. mark then
       local val = string.format('%d:%d', s.l, s.total - 1)
-      redis.call('HSET', s.key, 'c', val, field(s.l), val .. ':-1')
-      redis.call('HDEL', s.key, 'bk')
+      fields[#fields + 1] = s.p .. 'c'
+      fields[#fields + 1] = val
+      fields[#fields + 1] = field(s.l, s.p)
+      fields[#fields + 1] = val .. ':-1'
+      gone[#gone + 1] = s.p .. 'k'
     end
+  end
+  if #gone > 0 then
+    redis.call('HSET', key, unpack(fields))
+    redis.call('HDEL', key, unpack(gone))
   end
   return 1
 end
@@ -127,11 +165,11 @@ end
 local function earliest(s)
   local target = s.total - s.limit + 1
   if s.base >= target then
-    return math.max(now, s.hold)
+    return math.max(now, hold)
   end
   local j, b = s.l, s.hb
   while b >= 0 do
-    local eb, ec, en = entry(s.key, b)
+    local eb, ec, en = entry(key, b, s.p)
     if not eb then
       break
     end
@@ -141,34 +179,37 @@ local function earliest(s)
     end
     b = en
   end
-  return math.max((j + s.D + 1) * s.w, s.hold)
+  return math.max((j + s.D + 1) * s.w, hold)
 end
 
--- count adds one start to bucket into (at or after l) of window s, and
--- records it as the newest booking when bk is given.
-local function count(s, into, bk)
+-- count adds one start to bucket into (at or after l) of window s, to be
+-- written with fields, and records it as the newest booking when bk is
+-- given. It reports whether the newest bucket of s moves.
+local function count(s, into, bk, fields)
   s.total = s.total + 1
   local val = string.format('%d:%d', into, s.total)
-  local fields = {'c', val, field(into), val .. ':-1'}
+  local n = #fields
+  fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4] = s.p .. 'c', val, field(into, s.p), val .. ':-1'
   if into > s.l and s.l >= 0 then
-    fields[#fields + 1] = field(s.l)
+    fields[#fields + 1] = field(s.l, s.p)
     fields[#fields + 1] = string.format('%d:%d:%d', s.l, s.total - 1, into)
   end
   if s.hb < 0 then
     s.hb, s.base = into, s.total - 1
   end
   -- The head is written even when it did not move: should the hash have
-  -- expired since load (miniredis in real time; Redis stops its clock
-  -- while a script runs), the HSET rebuilds one that is still a window.
-  fields[#fields + 1] = 'h'
+  -- expired since it was read (miniredis in real time; Redis stops its
+  -- clock while a script runs), the HSET rebuilds one that is still a
+  -- window.
+  fields[#fields + 1] = s.p .. 'h'
   fields[#fields + 1] = string.format('%d:%d', s.hb, s.base)
   if bk then
-    fields[#fields + 1] = 'bk'
+    fields[#fields + 1] = s.p .. 'k'
     fields[#fields + 1] = string.format('%d', into) .. ':' .. bk
   end
-  if redis.call('HSET', s.key, unpack(fields)) > 0 or into ~= s.l then
-    expire(s, into)
-  end
+  local moved = into ~= s.l
+  s.l = into
+  return moved
 end
 
 -- op 't'
@@ -202,8 +243,16 @@ local bk = nil
 if delay > 0 then
   bk = mark
 end
+local fields, moved = {}, false
 for i = 1, m do
   local s = ws[i]
-  count(s, math.max(math.floor(at / s.w), s.l), bk)
+  if count(s, math.max(math.floor(at / s.w), s.l), bk, fields) then
+    moved = true
+  end
+end
+-- HSET adds no field when every window's start joins its newest bucket
+-- and the hash is there; otherwise the expiry moves.
+if redis.call('HSET', key, unpack(fields)) > 0 or moved then
+  expire(function(s) return s.l end)
 end
 return {1, delay, 0}

@@ -30,10 +30,9 @@ func TestStoreWindows(t *testing.T) {
 	s.Advance(100*time.Millisecond + time.Millisecond)
 	assert.True(t, allowed(), "third start after 100ms")
 	assert.False(t, allowed(), "fourth start within the minute")
-	for _, name := range s.KeysFor("w", throttle.Request{Interval: 100 * time.Millisecond, Limit: 2,
-		Windows: []throttle.Window{{Interval: time.Minute, Limit: 3}}})[:2] {
-		assert.True(t, s.Miniredis().Exists(name), "window key %s", name)
-	}
+	name := s.KeysFor("w", throttle.Request{Interval: 100 * time.Millisecond, Limit: 2,
+		Windows: []throttle.Window{{Interval: time.Minute, Limit: 3}}})[0]
+	assert.True(t, s.Miniredis().Exists(name), "the windows' hash %s", name)
 	// A window on Redis admits at most one bucket (1/160 of it) late.
 	s.Advance(time.Minute + time.Minute/160)
 	assert.True(t, allowed(), "fourth start after the minute")

@@ -90,9 +90,10 @@ A limit above 64 is a hash, prefix{KEY}:window, of counts of starts per time
 bucket (1/160 of the interval); inspect shows the newest bucket, the count and
 any hold, and with --interval the starts in the window.
 
-A throttle with WithLimitPer keeps one such hash per window,
-prefix{KEY}:w:<interval in µs>:<limit>: give its --interval and each
---limit-per N/DURATION, and inspect shows each window's ttl, fields and count.
+A throttle with WithLimitPer keeps all its windows in one such hash,
+prefix{KEY}:w:<interval in µs>:<limit> with :<interval>:<limit> for each more
+window: give its --interval and each --limit-per N/DURATION, and inspect shows
+the hash's ttl and fields and each window's count.
 
 A throttle with a cap (throttle.WithConcurrency) keeps its leases in
 prefix{KEY}:leases, a sorted set of random tokens scored by the last server
@@ -249,27 +250,30 @@ func inspect(ctx context.Context, client *redis.Client, k keyFlags, w io.Writer)
 }
 
 // inspectWindows shows the windows of a throttle with WithLimitPer
-// (scripts/multi.lua): one bucket window per window, each with its ttl,
-// its fields and the starts it has counted, and the hold record.
+// (scripts/multi.lua): the hash that keeps them all, with its ttl and
+// fields, the starts each window has counted, and the hold record.
 func inspectWindows(ctx context.Context, client *redis.Client, store *throttle.RedisStore, k keyFlags, w io.Writer) error {
 	names := store.KeysFor(k.key, windowsRequest(k))
-	windows, holdName := names[:len(names)-1], names[len(names)-1]
+	name, holdName := names[0], names[1]
+	windows := windowsOf(name)
+	fields := make([]string, len(windows))
+	for i := range windows {
+		fields[i] = strconv.Itoa(i+1) + ".c"
+	}
 	var (
 		now    *redis.TimeCmd
 		hold   *redis.DurationCmd
-		ttls   []*redis.DurationCmd
-		types  []*redis.StatusCmd
-		lens   []*redis.IntCmd
-		counts []*redis.StringCmd
+		ttl    *redis.DurationCmd
+		typ    *redis.StatusCmd
+		n      *redis.IntCmd
+		counts *redis.SliceCmd
 	)
 	_, err := client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		now = pipe.Time(ctx)
-		for _, name := range windows {
-			types = append(types, pipe.Type(ctx, name))
-			ttls = append(ttls, pipe.PTTL(ctx, name))
-			lens = append(lens, pipe.HLen(ctx, name))
-			counts = append(counts, pipe.HGet(ctx, name, "c"))
-		}
+		typ = pipe.Type(ctx, name)
+		ttl = pipe.PTTL(ctx, name)
+		n = pipe.HLen(ctx, name)
+		counts = pipe.HMGet(ctx, name, fields...)
 		hold = pipe.PTTL(ctx, holdName)
 		return nil
 	})
@@ -284,20 +288,23 @@ func inspectWindows(ctx context.Context, client *redis.Client, store *throttle.R
 	}
 	row("key", "%s", strconv.Quote(k.key))
 	row("server time", "%s (Redis TIME)", now.Val().UTC().Format("2006-01-02 15:04:05.000000 MST"))
-	row("windows", "%d: a bucket window each (WithLimitPer), one script decides them all", len(windows))
-	for i, name := range windows {
-		switch t := types[i].Val(); t {
-		case "none":
-			row("window", "%s  none: no state (never used, or idle for its whole interval)", strconv.Quote(name))
-		case "hash":
-			counted := "no start counted"
-			if _, c, ok := strings.Cut(counts[i].Val(), ":"); ok {
+	row("windows", "%d: a bucket window each (WithLimitPer), in one hash, one script decides them all", len(windows))
+	switch t := typ.Val(); t {
+	case "none":
+		row("hash", "%s  none: no state (never used, or idle for its longest interval)", strconv.Quote(name))
+	case "hash":
+		row("hash", "%s  ttl %s, %d fields", strconv.Quote(name), ttlText(ttl.Val()), n.Val())
+	default:
+		row("hash", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(name), t, ttlText(ttl.Val()))
+	}
+	for i, win := range windows {
+		counted := "no start counted"
+		if v, ok := counts.Val()[i].(string); ok && typ.Val() == "hash" {
+			if _, c, ok := strings.Cut(v, ":"); ok {
 				counted = c + " starts counted so far"
 			}
-			row("window", "%s  ttl %s, %d fields, %s", strconv.Quote(name), ttlText(ttls[i].Val()), lens[i].Val(), counted)
-		default:
-			row("window", "%s  a %s (not written by dthrottle), ttl %s", strconv.Quote(name), t, ttlText(ttls[i].Val()))
 		}
+		row("window", "%d per %s (fields %d.*): %s", win.Limit, win.Interval, i+1, counted)
 	}
 	switch d := hold.Val(); {
 	case d >= 0:
@@ -306,6 +313,23 @@ func inspectWindows(ctx context.Context, client *redis.Client, store *throttle.R
 		row("hold", "%s  none", strconv.Quote(holdName))
 	}
 	return nil
+}
+
+// windowsOf returns the windows of the hash name (see
+// throttle.RedisStore.KeysFor), in the order of its fields' prefixes, from
+// the name's end: :w:<interval in µs>:<limit> for each.
+func windowsOf(name string) []throttle.Window {
+	_, spec, _ := strings.Cut(name[strings.LastIndexByte(name, '}'):], ":w:")
+	parts := strings.Split(spec, ":")
+	var ws []throttle.Window
+	for i := 0; i+1 < len(parts); i += 2 {
+		us, err1 := strconv.ParseInt(parts[i], 10, 64)
+		n, err2 := strconv.Atoi(parts[i+1])
+		if err1 == nil && err2 == nil {
+			ws = append(ws, throttle.Window{Interval: time.Duration(us) * time.Microsecond, Limit: n})
+		}
+	}
+	return ws
 }
 
 // windowsRequest is the Request of a throttle with the flags' interval,
@@ -576,7 +600,7 @@ keys that throttle.RedisStore.Keys names for the limit (--limit, default 1),
 including the record of a hold, which ends the hold, as Throttle.Reset does.
 Give the throttle's own --limit: with a smaller one, some of its slots stay.
 For a throttle with WithLimitPer, give its --interval and each --limit-per
-N/DURATION: its keys are one per window (throttle.RedisStore.KeysFor).
+N/DURATION: its windows share one hash (throttle.RedisStore.KeysFor).
 Processes that were denied recently may still deny from their local cache
 until their retry-after ends (see throttle.WithDenyCache).`
 
