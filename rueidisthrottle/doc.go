@@ -13,6 +13,8 @@
 // differs (throttle.RedisConn). Valkey users with valkey-go use module
 // github.com/dthrottle/throttle/valkeythrottle, generated from this one.
 //
-// rueidis speaks RESP3 to Redis 6 and newer and falls back to RESP2 on
-// Redis 5, where waits on a cap (AwaitLease) use whole-second BLPOPs.
+// rueidis speaks RESP3 to Redis 6 and newer. On Redis 5 it needs
+// ClientOption.DisableCache (Redis 5 has no client tracking) and speaks
+// RESP2; waits on a cap (AwaitLease) then use whole-second BLPOPs, as
+// with go-redis.
 package rueidisthrottle

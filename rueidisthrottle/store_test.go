@@ -58,17 +58,23 @@ func ttlOf(tb testing.TB, c rueidis.Client, s *throttle.RedisStore) func(string,
 }
 
 // harnesses returns the stores on rueidis that the contract runs on: one
-// redis-server and a 3-master Cluster (rueidis's cluster client, seeded
-// with every node).
+// redis-server (in RESP3, and in RESP2 as on Redis 5) and a 3-master
+// Cluster (rueidis's cluster client, seeded with every node).
 func harnesses(t *testing.T) []storecontract.Harness {
 	requireRedis(t)
-	rc := newClient(t, redistest.Start(t).Addr)
+	srv := redistest.Start(t)
+	rc := newClient(t, srv.Addr)
 	rs := NewStore(rc, throttle.WithKeyPrefix("contract:"))
+	// RESP2, as rueidis speaks to Redis 5 (which has no client tracking):
+	// script replies and nil replies in the older protocol.
+	r2 := newClientWith(t, rueidis.ClientOption{AlwaysRESP2: true, DisableCache: true}, srv.Addr)
+	r2s := NewStore(r2, throttle.WithKeyPrefix("contract-resp2:"))
 	cc := newClient(t, redistest.StartCluster(t, 3).Addrs...)
 	require.Greater(t, len(cc.Nodes()), 1, "rueidis client of the Cluster: nodes")
 	cs := NewStore(cc, throttle.WithKeyPrefix("contract:"))
 	return []storecontract.Harness{
 		{Name: "rueidis", Store: rs, Advance: storecontract.Sleep, TTL: ttlOf(t, rc, rs), Tick: storecontract.RedisTick},
+		{Name: "rueidis-resp2", Store: r2s, Advance: storecontract.Sleep, TTL: ttlOf(t, r2, r2s), Tick: storecontract.RedisTick},
 		{Name: "rueidis-cluster", Store: cs, Advance: storecontract.Sleep, TTL: ttlOf(t, cc, cs), Tick: storecontract.RedisTick},
 	}
 }
