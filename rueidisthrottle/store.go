@@ -17,7 +17,9 @@ import (
 // through rueidis itself, which ends a command at its context's deadline.
 // Lease waiters (throttle.WithConcurrency with a wait) block in BLPOP on a
 // connection of rueidis's pool for blocking commands, never on the
-// pipelined connection the decisions share. The store never closes c.
+// pipelined connection the decisions share: each waiter holds one, so
+// ClientOption.BlockingPoolSize (default 1024) bounds how many wait at
+// once. The store never closes c.
 //
 // NewStore panics if c is nil or the key prefix contains '{' or '}'.
 func NewStore(c rueidis.Client, opts ...throttle.RedisOption) *throttle.RedisStore {

@@ -17,12 +17,7 @@ import (
 	"github.com/dthrottle/throttle/internal/storecontract"
 )
 
-var (
-	_ throttle.RedisConn = (*conn)(nil)
-	_ throttle.Leaser    = (*throttle.RedisStore)(nil)
-	_ throttle.Holder    = (*throttle.RedisStore)(nil)
-	_ throttle.Resetter  = (*throttle.RedisStore)(nil)
-)
+var _ throttle.RedisConn = (*conn)(nil)
 
 func requireRedis(t *testing.T) {
 	t.Helper()
@@ -197,7 +192,8 @@ func TestScriptCacheLoss(t *testing.T) {
 // a blocking command (sent on a dedicated connection), and that callers
 // blocked waiting for a lease (AwaitLease, in BLPOP) hold up no decision of
 // other throttles on the same client: each of those returns within 1 s
-// while the waiters wait for 10 s.
+// while the waiters wait for 10 s. Cancelling the waiters' context ends
+// their wait within 1 s.
 func TestBlockingCommandsAside(t *testing.T) {
 	requireRedis(t)
 	c := newClient(t, redistest.Start(t).Addr)
@@ -237,6 +233,10 @@ func TestBlockingCommandsAside(t *testing.T) {
 		assert.True(t, d.Allowed, "Allow %d", i)
 		assert.Less(t, elapsed, time.Second, "Allow %d while %d callers wait in BLPOP took %v", i, waiters, elapsed)
 	}
+	// Cancelling the waiters' context ends their BLPOPs, long before
+	// their 10 s wait.
+	start := time.Now()
 	stopWaiting()
 	wg.Wait()
+	assert.Less(t, time.Since(start), time.Second, "waiters in BLPOP returning after their context was cancelled")
 }

@@ -19,7 +19,9 @@ import (
 // through valkey-go itself, which ends a command at its context's deadline.
 // Lease waiters (throttle.WithConcurrency with a wait) block in BLPOP on a
 // connection of valkey-go's pool for blocking commands, never on the
-// pipelined connection the decisions share. The store never closes c.
+// pipelined connection the decisions share: each waiter holds one, so
+// ClientOption.BlockingPoolSize (default 1024) bounds how many wait at
+// once. The store never closes c.
 //
 // NewStore panics if c is nil or the key prefix contains '{' or '}'.
 func NewStore(c valkey.Client, opts ...throttle.RedisOption) *throttle.RedisStore {
