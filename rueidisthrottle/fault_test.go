@@ -272,3 +272,44 @@ func TestDroppedConnections(t *testing.T) {
 	}
 	assert.Positive(t, p.Stats().Accepted, "connections through the proxy")
 }
+
+// TestCancelBeforeDeadline cancels a decision's context 100 ms into a
+// stall, well before its 1.5 s deadline. rueidis honours a cancellation only
+// for a command it pipelines: with ClientOption.AlwaysPipelining the
+// decision returns within 1 s of the cancel; on a default client, a command
+// of a lone caller runs outside the pipeline with the connection's
+// deadline, so the decision may run until its deadline (the throttle's
+// timeout, WithTimeout), never past it.
+func TestCancelBeforeDeadline(t *testing.T) {
+	requireRedis(t)
+	p := faultproxy.Start(t, redistest.Start(t).Addr)
+	const deadline = 1500 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		always bool
+		bound  time.Duration
+	}{
+		{"default", false, deadline + time.Second},
+		{"AlwaysPipelining", true, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewStore(newClientWith(t, rueidis.ClientOption{AlwaysPipelining: tc.always}, p.Addr))
+			for _, limit := range []int{1, 1000} {
+				req := throttle.Request{Interval: time.Second, Limit: limit}
+				_, err := s.Take(context.Background(), "cancel/first", req)
+				require.NoError(t, err, "limit %d: Take on a fast link", limit)
+				p.Stall()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				time.AfterFunc(100*time.Millisecond, cancel)
+				start := time.Now()
+				_, err = s.Take(ctx, fmt.Sprint("cancel/", limit), req)
+				elapsed := time.Since(start)
+				p.Resume()
+				cancel()
+				assert.Error(t, err, "limit %d: Take cancelled in a stall", limit)
+				assert.Less(t, elapsed, tc.bound, "limit %d: Take cancelled 100 ms into a stall, deadline %v", limit, deadline)
+				t.Logf("limit %d: returned %v after the start, %v", limit, elapsed, err)
+			}
+		})
+	}
+}
