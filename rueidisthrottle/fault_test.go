@@ -244,8 +244,9 @@ func TestDroppedConnections(t *testing.T) {
 					for time.Now().Before(end) {
 						start := time.Now()
 						d, err := th.Allow(context.Background())
-						if time.Since(start) > time.Second {
+						if took := time.Since(start); took > time.Second {
 							slow.Add(1)
+							t.Logf("a call took %v: allowed %v, %v", took, d.Allowed, err)
 						}
 						switch {
 						case err != nil && !errors.Is(err, throttle.ErrStoreUnavailable):
@@ -274,26 +275,20 @@ func TestDroppedConnections(t *testing.T) {
 }
 
 // TestCancelBeforeDeadline cancels a decision's context 100 ms into a
-// stall, well before its 1.5 s deadline. rueidis honours a cancellation only
-// for a command it pipelines: with ClientOption.AlwaysPipelining the
-// decision returns within 1 s of the cancel; on a default client, a command
-// of a lone caller runs outside the pipeline with the connection's
-// deadline, so the decision may run until its deadline (the throttle's
-// timeout, WithTimeout), never past it.
+// stall, well before its 1.5 s deadline. rueidis honours a cancellation
+// only for a command it pipelines, and not always then (with
+// ClientOption.AlwaysPipelining a command after an earlier cancelled one
+// has been seen to run until its deadline); a command of a lone caller
+// runs outside the pipeline with the connection's deadline. What holds in
+// every mode is the deadline, the throttle's timeout (WithTimeout): the
+// decision never runs past it.
 func TestCancelBeforeDeadline(t *testing.T) {
 	requireRedis(t)
 	p := faultproxy.Start(t, redistest.Start(t).Addr)
 	const deadline = 1500 * time.Millisecond
-	for _, tc := range []struct {
-		name   string
-		always bool
-		bound  time.Duration
-	}{
-		{"default", false, deadline + time.Second},
-		{"AlwaysPipelining", true, time.Second},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := NewStore(newClientWith(t, rueidis.ClientOption{AlwaysPipelining: tc.always}, p.Addr))
+	for _, always := range []bool{false, true} {
+		t.Run(fmt.Sprint("AlwaysPipelining=", always), func(t *testing.T) {
+			s := NewStore(newClientWith(t, rueidis.ClientOption{AlwaysPipelining: always}, p.Addr))
 			for _, limit := range []int{1, 1000} {
 				req := throttle.Request{Interval: time.Second, Limit: limit}
 				_, err := s.Take(context.Background(), "cancel/first", req)
@@ -307,7 +302,7 @@ func TestCancelBeforeDeadline(t *testing.T) {
 				p.Resume()
 				cancel()
 				assert.Error(t, err, "limit %d: Take cancelled in a stall", limit)
-				assert.Less(t, elapsed, tc.bound, "limit %d: Take cancelled 100 ms into a stall, deadline %v", limit, deadline)
+				assert.Less(t, elapsed, deadline+time.Second, "limit %d: Take cancelled 100 ms into a stall, deadline %v", limit, deadline)
 				t.Logf("limit %d: returned %v after the start, %v", limit, elapsed, err)
 			}
 		})

@@ -16,9 +16,10 @@ import (
 // Each decision is bounded by the throttle's timeout (throttle.WithTimeout)
 // through rueidis itself, which ends a command at its context's deadline.
 // rueidis honours a cancellation before the deadline only for a command it
-// pipelines (when other commands are under way on the connection, or
-// always with ClientOption.AlwaysPipelining); a lone caller's command on
-// a hung server may then run until the throttle's timeout, never longer.
+// pipelines (when other commands are under way on the connection, or with
+// ClientOption.AlwaysPipelining), and not always then: a cancelled
+// decision on a hung server may run until the throttle's timeout, never
+// longer.
 // Lease waiters (throttle.WithConcurrency with a wait) block in BLPOP on a
 // connection of rueidis's pool for blocking commands, never on the
 // pipelined connection the decisions share: each waiter holds one, so
