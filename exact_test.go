@@ -122,9 +122,12 @@ func TestBookingExpiresOnTheServersTime(t *testing.T) {
 				req := Request{Interval: interval, Limit: limit, MaxWait: time.Minute}
 				k := fmt.Sprint("booking/", limit)
 				for range limit {
-					require.True(t, take(t, harness{name: name, store: s}, k, req).OK)
+					res, err := s.Take(ctx, k, req)
+					require.NoError(t, err)
+					require.True(t, res.OK)
 				}
-				res := take(t, harness{name: name, store: s}, k, req)
+				res, err := s.Take(ctx, k, req)
+				require.NoError(t, err)
 				require.True(t, res.OK, "booking: %+v", res)
 				b := res.Booking
 				require.Positive(t, b.Mark, "booking's mark")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dthrottle/throttle"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/dthrottle/throttle/benchmarks/internal/server"
 )
@@ -44,7 +45,10 @@ import (
 //     a client with go-redis's default options (no ContextTimeoutEnabled);
 //   - dthrottle-nocache (Denied workloads): a Keyed with
 //     throttle.WithDenyCache(false), so every call asks Redis;
-//   - redis_rate, throttled, ulule: the peers, keyed per call.
+//   - redis_rate, throttled, ulule: the peers, keyed per call;
+//   - floor-rueidis, dthrottle-rueidis (Allowed workloads): the floor and
+//     dthrottle (rueidisthrottle.NewStore) on a rueidis client, which
+//     pipelines the commands of concurrent goroutines by default.
 //
 // Within one run of a workload benchmark the libraries follow one another,
 // so with -count N they alternate N times. cmd/ratios reads these names.
@@ -209,6 +213,16 @@ func benchAllowed(b *testing.B, l Limit, hot bool) {
 		floorLibNamed("floor-autopipeline", ap, l),
 		limiterLib("dthrottle-autopipeline", KeyedLimiter(must(NewDthrottleKeyed(ap, l)))),
 	}
+	// rueidis, which pipelines concurrent commands by default: its bare
+	// SET NX PX and ours on it (rueidisthrottle).
+	rc := must(rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{c.Options().Addr}}))
+	b.Cleanup(rc.Close)
+	libs = append(libs,
+		lib{"floor-rueidis", func(keys []string) decider {
+			return func(ctx context.Context, i int) (bool, error) { return RueidisSetNX(ctx, rc, keys[i], l.Interval) }
+		}},
+		limiterLib("dthrottle-rueidis", KeyedLimiter(must(NewDthrottleKeyedRueidis(rc, l)))),
+	)
 	runAllowed(b, l, libs, &cmds, hot)
 }
 
@@ -279,6 +293,9 @@ func benchDenied(b *testing.B, l Limit) {
 // serial returns a benchmark of one goroutine cycling through keys.
 func serial(lb lib, w want, keys []string) func(*testing.B) {
 	var d decider // made once, at the first of the calls with growing b.N
+	// i goes on where the previous call (of a smaller b.N) left it, so
+	// that a run does not start on a key the previous run just used.
+	i := 0
 	return func(b *testing.B) {
 		if d == nil {
 			d = lb.bind(keys)
@@ -286,7 +303,6 @@ func serial(lb lib, w want, keys []string) func(*testing.B) {
 		ctx := context.Background()
 		b.ReportAllocs()
 		var errs, admitted int64
-		i := 0
 		for b.Loop() {
 			ok, err := d(ctx, i)
 			if ok {
@@ -314,6 +330,10 @@ func serial(lb lib, w want, keys []string) func(*testing.B) {
 // of one process share one Throttle or Keyed for a hot key.
 func parallel(lb lib, w want, sets [][]string, shared bool) func(*testing.B) {
 	var ds []decider
+	// pos[g] is where goroutine g's keys go on from in the next call (of a
+	// larger b.N), so that a run does not start on a key the previous run
+	// just used (a limit of 1 per ms would deny it).
+	pos := make([]int, len(sets))
 	return func(b *testing.B) {
 		if ds == nil {
 			if shared {
@@ -330,9 +350,14 @@ func parallel(lb lib, w want, sets [][]string, shared bool) func(*testing.B) {
 		b.SetParallelism(max(1, goroutines/runtime.GOMAXPROCS(0)))
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
-			g := int(next.Add(1)-1) % len(sets)
+			slot := int(next.Add(1) - 1)
+			g := slot % len(sets)
 			d, n := ds[g%len(ds)], len(sets[g])
 			i := 0
+			if slot < len(sets) { // the only goroutine on sets[g]
+				i = pos[g]
+				defer func() { pos[g] = i }()
+			}
 			var mine int64 // counted here: a shared counter would slow the fast paths
 			defer func() { admitted.Add(mine) }()
 			for pb.Next() {
