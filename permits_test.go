@@ -416,10 +416,24 @@ func TestPermitsHoldStopsARefillInFlight(t *testing.T) {
 	require.True(t, d.Allowed)
 	refill := make(chan Decision, 1)
 	go func() {
-		d, _ := th.Allow(ctx) // asks for a batch, and waits at the gate
-		refill <- d
+		// Calls close together, until one asks for a batch (a call long
+		// after the last asks for one permit: an ordinary decision) and
+		// waits at the gate.
+		for {
+			d, _ := th.Allow(ctx)
+			select {
+			case <-s.decided:
+				refill <- d
+				return
+			default:
+			}
+		}
 	}()
-	<-s.decided
+	select {
+	case <-s.decided:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no call asked for a batch of permits")
+	}
 	require.NoError(t, th.Hold(ctx, time.Minute))
 	close(s.open)
 	assert.True(t, (<-refill).Allowed, "the call whose batch was granted before the hold")

@@ -21,7 +21,9 @@ import (
 	"time"
 
 	"github.com/dthrottle/throttle"
+	"github.com/dthrottle/throttle/rueidisthrottle"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/dthrottle/throttle/benchmarks/internal/server"
 )
@@ -48,7 +50,7 @@ func TestMain(m *testing.M) {
 }
 
 // libraries are the ones TestAccuracy compares, ours first.
-var libraries = []string{"dthrottle", "redis_rate", "throttled", "ulule"}
+var libraries = []string{"dthrottle", "dthrottle-rueidis", "redis_rate", "throttled", "ulule"}
 
 // allowerFor returns how a worker process of lib decides on key: ours is a
 // Throttle with default options (deny cache on), the peers as in the
@@ -58,6 +60,20 @@ func allowerFor(lib string, c redis.UniversalClient, key string, l Limit) (Allow
 	case "dthrottle":
 		th, err := NewDthrottle(c, key, l, throttle.WithTimeout(time.Second))
 		if err != nil {
+			return nil, err
+		}
+		return DthrottleAllower(th), nil
+	case "dthrottle-rueidis":
+		// The same throttle on a rueidis client of the same server
+		// (rueidisthrottle), which pipelines the goroutines' commands.
+		rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{c.(*redis.Client).Options().Addr}})
+		if err != nil {
+			return nil, err
+		}
+		th, err := throttle.New(key, l.Interval, throttle.WithStore(rueidisthrottle.NewStore(rc)),
+			throttle.WithLimit(l.N), throttle.WithTimeout(time.Second))
+		if err != nil {
+			rc.Close()
 			return nil, err
 		}
 		return DthrottleAllower(th), nil
@@ -308,7 +324,7 @@ func TestAccuracy(t *testing.T) {
 			r := check(as, c.l, *accDuration)
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%d\t%d\t%d/%d\t\n",
 				c.name, lib, r.admitted, r.ideal, float64(r.admitted)/r.ideal, r.maxInWindow, r.violations, sum.Errors, sum.Calls)
-			if lib == "dthrottle" {
+			if strings.HasPrefix(lib, "dthrottle") {
 				if r.violations != 0 {
 					t.Errorf("%s, %s: %d provable violations", lib, c.name, r.violations)
 				}
