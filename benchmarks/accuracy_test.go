@@ -34,9 +34,18 @@ import (
 const workerEnv = "DTHROTTLE_BENCH_WORKER"
 
 var (
-	accDuration = flag.Duration("accuracy.duration", 2*time.Second, "how long the workers of TestAccuracy hammer each key")
+	accDuration = flag.Duration("accuracy.duration", defaultAccDuration(), "how long the workers of TestAccuracy hammer each key (default 2s, 1s under -race)")
 	accWorkers  = flag.Int("accuracy.workers", 4, "worker processes per library in TestAccuracy")
 )
+
+// defaultAccDuration is 2 s, or 1 s in a race-enabled binary (CI's), whose
+// workers run several times slower.
+func defaultAccDuration() time.Duration {
+	if raceEnabled {
+		return time.Second
+	}
+	return 2 * time.Second
+}
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(workerEnv); spec != "" {
