@@ -22,6 +22,7 @@ import (
 
 	"github.com/dthrottle/throttle/internal/redistest"
 	"github.com/dthrottle/throttle/internal/simevent"
+	"github.com/dthrottle/throttle/internal/workerproc"
 )
 
 // The cross-process tests re-execute the test binary as worker processes:
@@ -267,7 +268,7 @@ func workerCmd(t *testing.T, env string, spec any) *exec.Cmd {
 	b, err := json.Marshal(spec)
 	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), env+"="+string(b))
+	cmd.Env = workerproc.Environ(env + "=" + string(b))
 	return cmd
 }
 

@@ -22,6 +22,7 @@ import (
 	throttle "github.com/dthrottle/throttle"
 	"github.com/dthrottle/throttle/internal/redistest"
 	"github.com/dthrottle/throttle/internal/simevent"
+	"github.com/dthrottle/throttle/internal/workerproc"
 )
 
 // The cross-process test re-executes the test binary as worker processes:
@@ -149,7 +150,7 @@ func runWorkers(t *testing.T, specs []workerSpec) []simevent.Event {
 		b, err := json.Marshal(spec)
 		require.NoError(t, err)
 		p := &proc{cmd: exec.Command(os.Args[0], "-test.run=^$")}
-		p.cmd.Env = append(os.Environ(), workerEnv+"="+string(b))
+		p.cmd.Env = workerproc.Environ(workerEnv + "=" + string(b))
 		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.err
 		require.NoError(t, p.cmd.Start(), "starting worker %d", i)
 		procs[i] = p

@@ -401,7 +401,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // ready line, its records and finally its exit to msgs.
 func startWorker(exe string, wc workerConfig, stderr io.Writer, msgs chan<- message) (*worker, error) {
 	cmd := exec.Command(exe, wc.args()...)
-	cmd.Env = append(os.Environ(), execEnv+"=1")
+	// A race-enabled build (the tests') otherwise sleeps 1 s at exit;
+	// GORACE options already set come after, and win.
+	cmd.Env = append(os.Environ(), execEnv+"=1", "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

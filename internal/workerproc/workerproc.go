@@ -19,6 +19,16 @@ import (
 	"time"
 )
 
+// Environ returns the environment for a worker process: this process's,
+// then kv, then GORACE with atexit_sleep_ms=0 in front of any GORACE
+// options already set (a later option wins). A race-enabled binary
+// otherwise sleeps 1 s at exit, which a test that starts dozens of
+// workers pays every time.
+func Environ(kv ...string) []string {
+	env := append(os.Environ(), kv...)
+	return append(env, "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+}
+
 // Start starts one copy of the test binary per spec, running no test
 // (-test.run=^$), with env set to the spec's JSON, and calls add with each
 // line that a worker prints on stdout, decoded as E (add may be called
@@ -63,7 +73,7 @@ func Start[E any](tb testing.TB, env string, specs []any, add func(E)) (stop fun
 			tb.Fatalf("worker %d spec: %v", i, err)
 		}
 		p := &proc{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: &lockedBuffer{}, read: make(chan error, 1)}
-		p.cmd.Env = append(os.Environ(), env+"="+string(b))
+		p.cmd.Env = Environ(env + "=" + string(b))
 		p.cmd.Stderr = p.stderr
 		stdin, err1 := p.cmd.StdinPipe()
 		stdout, err2 := p.cmd.StdoutPipe()
