@@ -130,8 +130,8 @@ func TestPermitsKeepTheLimit(t *testing.T) {
 		assert.Greater(t, n, 200, "spends in %v", span)
 	})
 	t.Run("spent after the validity", func(t *testing.T) {
-		total := 0
-		for seed := range uint64(3) {
+		total := 0 // the first seed of three that over-admits is enough
+		for seed := uint64(0); seed < 3 && total == 0; seed++ {
 			v, _, _ := permitModel(t, seed, d, 20*d)
 			total += v
 		}
@@ -139,7 +139,7 @@ func TestPermitsKeepTheLimit(t *testing.T) {
 	})
 	t.Run("grant without the validity", func(t *testing.T) {
 		total := 0
-		for seed := range uint64(3) {
+		for seed := uint64(0); seed < 3 && total == 0; seed++ {
 			v, _, _ := permitModel(t, seed, time.Microsecond, d)
 			total += v
 		}
